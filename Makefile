@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+PROFILE ?= quick
+DEVICE ?= auto
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## the notebook sequence on the offline default data (make run PROFILE=fashion)
+	$(PY) -m robustlib run --profile $(PROFILE) --device $(DEVICE)
+
+test: $(STAMP)  ## unit tests + nbval over every notebook in the smoke setting
+	ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q
+
+lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:  ## remove run outputs (keeps .venv and data)
+	rm -rf runs .pytest_cache

@@ -1,0 +1,71 @@
+"""Command line: ``python -m robustlib run --profile quick`` and ``python -m robustlib profiles``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .io import RobustlibError
+
+
+def _overrides(text: str | None, path: str | None) -> dict:
+    import yaml
+
+    out: dict = {}
+    for source, label in ((open(path).read() if path else None, path), (text, "--overrides")):
+        if not source:
+            continue
+        try:
+            value = yaml.safe_load(source)
+        except yaml.YAMLError as e:
+            raise RobustlibError(f"{label} is not valid YAML ({str(e).splitlines()[0]}); "
+                                 f"write it like '{{epochs: 5, lr: 0.01}}'") from None
+        if not isinstance(value, dict):
+            raise RobustlibError(f"{label} must be a YAML mapping such as '{{epochs: 5}}', got {value!r}")
+        out.update(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robustlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebook sequence with papermill",
+                         description="Execute notebooks/NN_*.ipynb in order for one profile; executed copies, "
+                                     "metrics, checkpoints and figures go to the run directory.")
+    run.add_argument("--profile", default="quick", help="quick (default), fashion, paper-mnist or paper-cifar10")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    run.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+    run.add_argument("--data-root", default=None, help="default: data/")
+    run.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 02")
+    run.add_argument("--overrides", default=None, help="profile fields as YAML, e.g. '{epochs: 5}'")
+    run.add_argument("--overrides-file", default=None, help="the same, from a YAML file")
+    run.add_argument("--smoke", action="store_true", default=None, help="the tiny test setting (seconds per notebook)")
+    run.add_argument("--retrain", action="store_true", help="train again even if the run directory has checkpoints")
+    run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
+    sub.add_parser("profiles", help="list the profiles")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "profiles":
+            from .profiles import PROFILES
+
+            for p in PROFILES.values():
+                print(f"{p.name:<14} {p.description}")
+            return 0
+        from .run import run_sequence
+
+        run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
+                     only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
+                     retrain=args.retrain, log_output=args.log_output)
+        return 0
+    except RobustlibError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed epochs are checkpointed, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

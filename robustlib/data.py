@@ -1,0 +1,287 @@
+"""Datasets by name, as tensors in [0, 1], and a seeded batch loader with batched augmentation.
+
+``digits`` (scikit-learn's 1,797 real 8x8 handwritten digits) is bundled and needs no download: it is the
+offline default. ``mnist``, ``fashion-mnist`` and ``cifar10`` are read from a data root in their official
+on-disk formats (the layout ``torchvision.datasets`` downloads to). Nothing is ever downloaded unless you
+pass ``download=True``; a missing dataset raises one line saying where it was looked for and how to get it.
+
+Images are float tensors in [0, 1]; normalisation lives inside the model (:mod:`robustlib.models`), so
+every epsilon in this project is in [0, 1] pixel units.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import RobustlibError
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a loader need to know about a dataset."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    crop_padding: int          # Section V.A "random cropping": pixels of zero padding before the crop
+    flip: bool                 # Section V.A "random flipping": only where a mirror image keeps the label
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 1, 8, (0.306,), (0.378,), tuple("0123456789"), 1, False),
+    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), tuple("0123456789"), 2, False),
+    "fashion-mnist": DatasetInfo(
+        10, 1, 28, (0.2860,), (0.3530,),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        2, True,
+    ),
+    "cifar10": DatasetInfo(
+        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        4, True,
+    ),
+}
+
+
+@dataclass
+class ImageData:
+    """One split of a dataset: ``x`` is (N, C, H, W) uint8 or float in [0, 1], ``y`` is (N,) int64."""
+
+    name: str
+    split: str
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.name]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def float_x(self) -> torch.Tensor:
+        return to_float(self.x)
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageData":
+        """A seeded random subset of ``n`` images (all of them if ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return ImageData(self.name, self.split, self.x[idx], self.y[idx])
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise RobustlibError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# --- readers for the official on-disk formats -----------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise RobustlibError(f"{path} is not an unsigned-byte idx file; replace it with the official file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise RobustlibError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} values); download it again")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_dataset(name: str, root: Path, split: str, download: bool) -> ImageData:
+    tv_name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+    prefix = "train" if split == "train" else "t10k"
+    folders = [root / tv_name / "raw"] + ([DEBIAN_FASHION] if name == "fashion-mnist" else [])
+    if download and not any(_find(f, f"{prefix}-images-idx3-ubyte") for f in folders):
+        import torchvision
+
+        getattr(torchvision.datasets, tv_name)(str(root), train=split == "train", download=True)
+    for folder in folders:
+        images, labels = _find(folder, f"{prefix}-images-idx3-ubyte"), _find(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+            if len(x) != len(y):
+                raise RobustlibError(f"{images} and {labels} hold different numbers of items; download them again")
+            return ImageData(name, split, x, y)
+    hint = " or install Debian's package (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+    raise RobustlibError(
+        f"{name} not found: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] in "
+        f"{' or '.join(map(str, folders))}; copy the official files there{hint}, "
+        f"or pass download=True with internet access"
+    )
+
+
+def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
+    folder = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if download and not all((folder / n).is_file() for n in names):
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise RobustlibError(
+            f"cifar10 not found: expected {', '.join(missing)} in {folder}; extract the official "
+            f"cifar-10-python.tar.gz into {root}, or pass download=True with internet access"
+        )
+    xs, ys = [], []
+    for n in names:
+        try:
+            with open(folder / n, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch["labels"], dtype=np.int64))
+        except Exception as e:
+            raise RobustlibError(f"cannot read {folder / n} ({type(e).__name__}); replace it with the official file") from None
+    return ImageData("cifar10", split, torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+
+def _load_digits(split: str) -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32) / 16.0     # 17 grey levels, 0..16
+    idx_train, idx_test = train_test_split(
+        np.arange(len(x)), test_size=360, stratify=digits.target, random_state=0
+    )
+    idx = np.sort(idx_train if split == "train" else idx_test)
+    return ImageData(
+        "digits", split, torch.from_numpy(x[idx]).unsqueeze(1), torch.from_numpy(digits.target[idx].astype(np.int64))
+    )
+
+
+def load_dataset(name: str, split: str = "train", root: str | Path = "data", download: bool = False) -> ImageData:
+    """Load one split of a dataset by name.
+
+    Parameters
+    ----------
+    name : ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
+    split : ``"train"`` or ``"test"``. ``digits`` has a fixed stratified split (1,437 / 360 images).
+    root : data root holding ``MNIST/raw``, ``FashionMNIST/raw`` or ``cifar-10-batches-py`` (Fashion-MNIST
+        is also found in ``/usr/share/datasets/fashion-mnist``, where Debian's package puts it).
+    download : fetch missing files with torchvision (needs internet). Never done implicitly.
+
+    Returns
+    -------
+    ImageData with ``x`` of shape (N, C, H, W) in [0, 1] (uint8 or float) and ``y`` of shape (N,).
+
+    Example
+    -------
+    >>> d = load_dataset("digits", "test")
+    >>> tuple(d.x.shape), d.x.max().item() <= 1.0
+    ((360, 1, 8, 8), True)
+    """
+    dataset_info(name)
+    if split not in ("train", "test"):
+        raise RobustlibError(f"unknown split {split!r}; use 'train' or 'test'")
+    if name == "digits":
+        return _load_digits(split)
+    if name == "cifar10":
+        return _load_cifar10(Path(root), split, download)
+    return _load_idx_dataset(name, Path(root), split, download)
+
+
+# --- batches ----------------------------------------------------------------------------------------
+
+def augment_batch(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, for a whole batch at once.
+
+    The random numbers come from ``generator`` (on the CPU), so a seeded run is repeatable on any device.
+    """
+    b, c, h, w = x.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]      # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]      # (B, 1, W)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+class TensorLoader:
+    """Seeded mini-batches from in-memory tensors, with batched augmentation.
+
+    Far faster than a ``DataLoader`` over single images for the small datasets used here. With
+    ``device`` set the whole dataset is moved there once (``in_memory``); otherwise batches are moved one
+    at a time. Epoch ``e`` of a loader seeded with ``s`` always yields the same batches, so a resumed run
+    sees the data it would have seen (call :meth:`set_epoch`). A ``sampler`` (e.g. a
+    ``DistributedSampler``) may supply the index order instead of the built-in shuffle.
+    """
+
+    def __init__(self, data: ImageData, *, batch_size: int, shuffle: bool = False, augment: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", in_memory: bool = True, drop_last: bool = False,
+                 sampler=None):
+        self.device = torch.device(device)
+        self.x = data.float_x().to(self.device) if in_memory else data.float_x()
+        self.y = data.y.to(self.device) if in_memory else data.y
+        self.info = data.info
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.drop_last, self.sampler, self.epoch = seed, drop_last, sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.sampler is not None:
+            order = torch.as_tensor(list(iter(self.sampler)))
+        elif self.shuffle:
+            order = torch.randperm(len(self.y), generator=g)
+        else:
+            order = torch.arange(len(self.y))
+        self.epoch += 1
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.x.device)
+            x, y = self.x[idx], self.y[idx]
+            if x.device != self.device:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.augment:
+                x = augment_batch(x, self.info.crop_padding, self.info.flip, g)
+            yield x, y
+
+
+def load_splits(profile, data_root: str | Path, download: bool = False) -> tuple[ImageData, ImageData]:
+    """The train and test splits a profile uses (after its ``train_limit`` / ``test_limit``)."""
+    train = load_dataset(profile.dataset, "train", data_root, download).subset(profile.train_limit, profile.seed)
+    test = load_dataset(profile.dataset, "test", data_root, download).subset(profile.test_limit, profile.seed)
+    return train, test

@@ -1,0 +1,60 @@
+"""The command line: one clear line and a non-zero exit for bad input; a smoke run writes its results."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "robustlib", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--profile", "nope"], "unknown profile 'nope'"),
+    (["run", "--only", "99"], "--only 99 matches no notebook"),
+    (["run", "--overrides", "{epoch: 3}"], "unknown profile field(s) epoch"),
+    (["run", "--overrides", "[1, 2]"], "must be a YAML mapping"),
+    (["run", "--overrides", "{lr: -1}"], "lr=-1 is invalid"),
+    (["run", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    r = cli(*args, "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_unwritable_run_dir(tmp_path):
+    (tmp_path / "f").write_text("x")
+    r = cli("run", "--run-dir", str(tmp_path / "f" / "sub"))
+    assert r.returncode == 2 and "cannot create directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_options():
+    r = cli("run", "--help")
+    assert r.returncode == 0
+    for opt in ("--profile", "--device", "--run-dir", "--only", "--overrides", "--smoke"):
+        assert opt in r.stdout
+
+
+def test_smoke_run_of_the_pretraining_notebook(tmp_path):
+    run_dir = tmp_path / "run"
+    r = cli("run", "--profile", "quick", "--smoke", "--only", "02", "--run-dir", str(run_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"results in {run_dir}" in r.stdout
+    executed = json.loads((run_dir / "notebooks" / "02_pretraining.ipynb").read_text())
+    params = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert params and "profile = \"quick\"" in "".join(params[0]["source"])
+    for f in ("checkpoints/vanilla.pt", "metrics/vanilla.csv", "figures/02_confusion_matrix.svg",
+              "tables/02_pretraining.csv", "timings.json"):
+        assert (run_dir / f).exists(), f
+    assert json.loads((run_dir / "timings.json").read_text())["02_pretraining"]["smoke"] is True
+
+    # a damaged checkpoint: one line naming the file, non-zero exit, and the file is left as it was
+    ckpt = run_dir / "checkpoints" / "vanilla.pt"
+    ckpt.write_bytes(b"garbage")
+    r = cli("run", "--profile", "quick", "--smoke", "--only", "02", "--run-dir", str(run_dir))
+    assert r.returncode == 2 and "cannot read checkpoint" in r.stderr and "retrain=True" in r.stderr
+    assert ckpt.read_bytes() == b"garbage"

@@ -1,0 +1,62 @@
+import dataclasses
+
+import pytest
+
+import robustlib
+from robustlib import PROFILES, RobustlibError, get_profile
+from robustlib.profiles import apply_overrides
+
+
+def test_paper_profiles_hold_section_va_settings():
+    for name in ("paper-mnist", "paper-cifar10"):
+        p = get_profile(name)
+        assert (p.batch_size, p.momentum, p.weight_decay, p.augment) == (128, 0.9, 2e-4, True)
+    assert get_profile("paper-mnist").model == "mnist-cnn"
+    assert get_profile("paper-cifar10").model == "resnet50" and get_profile("paper-cifar10").width == 64
+
+
+def test_unknown_profile_lists_choices():
+    with pytest.raises(RobustlibError, match="unknown profile 'nope'; choose one of " + ", ".join(PROFILES)):
+        get_profile("nope")
+
+
+def test_overrides_replace_fields_and_coerce_papermill_strings():
+    p = apply_overrides(get_profile("quick"), {"epochs": "5", "lr": "0.1", "augment": "false", "train_limit": "None"})
+    assert (p.epochs, p.lr, p.augment, p.train_limit) == (5, 0.1, False, None)
+    assert get_profile("quick").epochs == 30                       # profiles are frozen: nothing mutated
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.epochs = 3
+
+
+def test_bad_overrides_name_the_field():
+    with pytest.raises(RobustlibError, match="unknown profile field.*epoch[^s]"):
+        apply_overrides(get_profile("quick"), {"epoch": 3})
+    with pytest.raises(RobustlibError, match="lr=-1.0 is invalid"):
+        apply_overrides(get_profile("quick"), {"lr": -1.0})
+    with pytest.raises(RobustlibError, match="dataset='svhn' is invalid"):
+        apply_overrides(get_profile("quick"), {"dataset": "svhn"})
+
+
+def test_setup_smoke_and_default_run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLIB_RUNS", str(tmp_path))
+    cfg = robustlib.setup("quick", device="cpu", smoke=True)
+    assert cfg.run_dir == tmp_path / "quick-smoke" and cfg.run_dir.is_dir()
+    assert cfg.profile.smoke and cfg.profile.epochs == 2 and cfg.profile.expected_clean_acc is None
+    full = robustlib.setup("quick", device="cpu", smoke=False)
+    assert full.run_dir == tmp_path / "quick" and not full.profile.smoke
+    assert "profile    quick" in str(full)
+
+
+def test_setup_rejects_an_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RobustlibError, match="cannot create directory"):
+        robustlib.setup("quick", device="cpu", run_dir=str(blocker / "run"))
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RobustlibError, match="CUDA is not available"):
+        robustlib.setup("quick", device="cuda")

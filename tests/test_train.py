@@ -1,0 +1,97 @@
+"""The training loop: it learns, it checkpoints atomically, it resumes exactly, it refuses wrong checkpoints."""
+import pytest
+import torch
+
+import robustlib
+from robustlib import RobustlibError
+from robustlib.data import TensorLoader, load_dataset
+from robustlib.evaluate import accuracy, clean_report
+from robustlib.models import build_model
+from robustlib.train import fit, load_checkpoint, pretrain
+
+
+def _setup():
+    train, test = load_dataset("digits", "train").subset(400), load_dataset("digits", "test")
+    torch.manual_seed(0)
+    model = build_model("digits-cnn", in_channels=1, image_size=8, mean=[0.3], std=[0.38])
+    loader = TensorLoader(train, batch_size=32, shuffle=True, augment=True, seed=0)
+    return model, loader, test
+
+
+def test_fit_learns_digits():
+    model, loader, test = _setup()
+    before = accuracy(model, test.float_x(), test.y)
+    hist = fit(model, loader, epochs=4, lr=0.05, progress=False)
+    assert list(hist.epoch) == [1, 2, 3, 4] and hist.train_loss.iloc[-1] < hist.train_loss.iloc[0]
+    assert accuracy(model, test.float_x(), test.y) > max(0.6, before + 0.4)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    model, loader, _ = _setup()
+    fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path / "a", name="m")
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, loader, _ = _setup()
+    class Stop(Exception):
+        pass
+    calls = []
+    def interrupt_in_epoch_two(m):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+        return {}
+    with pytest.raises(Stop):     # killed during epoch 2's evaluation: epoch 1 is on disk, epoch 2 is not
+        fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path / "b", name="m",
+            evaluate=interrupt_in_epoch_two)
+    assert torch.load(tmp_path / "b" / "checkpoints" / "m.last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "b" / "checkpoints" / "m.pt").exists()
+    model, loader, _ = _setup()
+    hist = fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path / "b", name="m")
+    assert list(hist.epoch) == [1, 2, 3]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, ref[k], atol=1e-6), k
+    assert not list((tmp_path / "b" / "checkpoints").glob(".*.tmp"))          # no temp files left behind
+
+
+def test_pretrain_writes_a_checkpoint_that_rebuilds_the_model(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    model, hist = pretrain(cfg, progress=False)
+    assert len(hist) == cfg.profile.epochs and (tmp_path / "metrics" / "vanilla.csv").exists()
+    loaded, meta = load_checkpoint(tmp_path / "checkpoints" / "vanilla.pt")
+    assert meta["dataset"] == "digits" and meta["profile"] == "quick" and meta["model"]["name"] == "digits-cnn"
+    test = load_dataset("digits", "test")
+    assert torch.equal(loaded(test.float_x()), model(test.float_x()))
+    again, _ = pretrain(cfg, progress=False)          # second call loads instead of training
+    assert torch.equal(again(test.float_x()), model(test.float_x()))
+    assert clean_report(loaded, test)["confusion"].to_numpy().sum() == len(test)
+
+
+def test_a_checkpoint_for_other_data_is_refused_not_overwritten(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    pretrain(cfg, progress=False)
+    ckpt = tmp_path / "checkpoints" / "vanilla.pt"
+    before = ckpt.read_bytes()
+    other = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                            overrides={"model": "smallcnn", "dataset": "digits"})
+    with pytest.raises(RobustlibError, match="was made with model=.*use another run_dir"):
+        pretrain(other, progress=False)
+    assert ckpt.read_bytes() == before
+
+
+def test_an_unreadable_checkpoint_is_one_clear_line(tmp_path):
+    bad = tmp_path / "checkpoints" / "vanilla.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not a checkpoint")
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    with pytest.raises(RobustlibError, match="cannot read checkpoint .*retrain=True") as e:
+        pretrain(cfg, progress=False)
+    assert "\n" not in str(e.value)
+    assert bad.read_bytes() == b"this is not a checkpoint"
+
+
+def test_bf16_autocast_runs():
+    model, loader, _ = _setup()
+    hist = fit(model, loader, epochs=1, lr=0.05, progress=False, precision="bf16")
+    assert torch.isfinite(torch.tensor(hist.train_loss.iloc[0]))
+    with pytest.raises(RobustlibError, match="unknown precision"):
+        fit(model, loader, epochs=1, lr=0.05, precision="fp8")
