@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# test-only reference for PGD; --no-deps because its requests~=2.25.1 pin breaks jupyterlab's resolution
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 run: $(STAMP)  ## the notebook sequence on the offline default data (make run PROFILE=fashion)

@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .attacks import autoattack
 from .models import eval_mode
 
 
@@ -53,3 +54,118 @@ def clean_report(model: nn.Module, data, *, batch_size: int = 512) -> dict:
         "accuracy": np.divide(np.diag(cm.to_numpy()), counts, out=np.full(len(classes), np.nan), where=counts > 0),
     })
     return {"accuracy": (pred == y).float().mean().item(), "per_class": per_class, "confusion": cm}
+
+
+# --- robustness -----------------------------------------------------------------------------------------
+
+PROTOCOLS = {
+    "paper": "PGD-20, step eps/20, no random start (Section V.A)",
+    "strong": "worst case per example of PGD-20 (random start, step 2.5*eps/20) and AutoAttack (standard, Linf)",
+}
+
+
+def parse_eps(value) -> tuple[float, str]:
+    """``"8/255"`` -> ``(0.03137..., "8/255")``; ``0.1`` -> ``(0.1, "0.1")``. The label keeps eps exactly as given."""
+    from fractions import Fraction
+
+    if isinstance(value, str):
+        try:
+            v = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
+        return v, value.strip()
+    if isinstance(value, Fraction):
+        return float(value), str(value)
+    return float(value), f"{float(value):g}"
+
+
+def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+               **kwargs) -> torch.Tensor:
+    """Apply an attack (a function or a name in ``ATTACKS``) batch by batch on the model's device."""
+    from .attacks import ATTACKS
+
+    fn = ATTACKS[attack] if isinstance(attack, str) else attack
+    device = _device_of(model)
+    seed = kwargs.pop("seed", 0)
+    uses_seed = fn.__name__ == "pgd"
+    out = []
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        extra = {"seed": seed + i} if uses_seed else {}
+        out.append(fn(model, xb, yb, **kwargs, **extra).cpu())
+    return torch.cat(out) if out else x.clone()
+
+
+def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+    """Fraction of the initially correctly classified images that the attack makes misclassified."""
+    correct = predict(model, x) == y.cpu()
+    if not correct.any():
+        return float("nan")
+    return (predict(model, x_adv[correct]) != y.cpu()[correct]).float().mean().item()
+
+
+def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> pd.DataFrame:
+    """Per-image L0 (values changed), L1, L2 and L-inf size of ``x_adv - x``: mean, median and max."""
+    d = (x_adv - x).flatten(1).cpu()
+    per_image = pd.DataFrame({
+        "L0": (d != 0).sum(1).numpy(), "L1": d.abs().sum(1).numpy(),
+        "L2": d.norm(dim=1).numpy(), "Linf": d.abs().amax(1).numpy(),
+    })
+    return per_image.agg(["mean", "median", "max"])
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
+                    steps: int = 20, batch_size: int = 256, seed: int = 0, state_dir=None) -> tuple[dict, torch.Tensor]:
+    """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol.
+
+    Protocols
+    ---------
+    ``paper``  : PGD with ``steps`` steps of eps/steps from the clean point (Section V.A: 20 steps of eps/20).
+    ``strong`` : per example, the worst case of PGD (random start, step 2.5*eps/steps) and AutoAttack
+                 (standard, Linf); AutoAttack runs only on the points PGD did not break.
+
+    Returns
+    -------
+    (a dict with eps, protocol, the exact attack settings, clean and robust accuracy and the attack
+    success rate; the worst-case adversarial batch)
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    eps_value, label = parse_eps(eps)
+    y = y.cpu()
+    clean_ok = predict(model, x) == y
+    ok, x_adv = clean_ok.clone(), x.clone()
+    if protocol == "paper":
+        step = eps_value / steps
+        settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start"
+        x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps_value, steps=steps,
+                           step_size=step, random_start=False)
+        ok &= predict(model, x_adv) == y
+        parts = {}
+    else:
+        step = 2.5 * eps_value / steps
+        settings = (f"worst of PGD-{steps} (eps={label}, step=2.5*{label}/{steps}, random start, seed {seed}) "
+                    f"and AutoAttack (standard, Linf, eps={label})")
+        xp = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps_value, steps=steps, step_size=step,
+                        random_start=True, seed=seed)
+        broke = ok & (predict(model, xp) != y)
+        x_adv[broke], ok = xp[broke], ok & ~broke
+        parts = {"pgd_rs_acc": ok.float().mean().item()}
+        if ok.any():
+            xa = autoattack(model, x[ok], y[ok], eps=eps_value, norm="Linf", batch_size=batch_size, seed=seed,
+                            state_dir=state_dir)
+            idx = ok.nonzero().squeeze(1)
+            broke_aa = predict(model, xa) != y[ok]
+            x_adv[idx[broke_aa]] = xa[broke_aa]
+            ok[idx[broke_aa]] = False
+        parts["autoattack_acc"] = ok.float().mean().item()
+    row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": len(y),
+           "clean_acc": clean_ok.float().mean().item(), "robust_acc": ok.float().mean().item(),
+           "success_rate": (clean_ok & ~ok).sum().item() / max(1, clean_ok.sum().item()), **parts}
+    return row, x_adv
+
+
+def robustness_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_list, protocol: str = "paper",
+                     **kwargs) -> pd.DataFrame:
+    """One :func:`robust_accuracy` row per eps, as a DataFrame."""
+    return pd.DataFrame([robust_accuracy(model, x, y, eps=e, protocol=protocol, **kwargs)[0] for e in eps_list])

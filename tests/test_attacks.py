@@ -1,0 +1,218 @@
+"""Attacks: agreement with an independent implementation, bounds, Algorithm 1 by hand, hygiene, errors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlib import evaluate as E
+from robustlib.attacks import ATTACKS, autoattack, dra, fgsm, pgd
+from robustlib.data import TensorLoader, load_dataset
+from robustlib.models import build_model
+from robustlib.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    model = build_model("digits-cnn", in_channels=1, image_size=8, mean=[0.3], std=[0.38])
+    fit(model, TensorLoader(train, batch_size=64, shuffle=True, seed=0), epochs=3, lr=0.05, progress=False)
+    return model.eval(), test.float_x()[:96], test.y[:96]
+
+
+def test_pgd_equals_torchattacks(trained):
+    torchattacks = pytest.importorskip("torchattacks")   # installed by `make test` (--no-deps, see Makefile)
+    model, x, y = trained
+    ours = pgd(model, x, y, eps=0.1, steps=10, step_size=0.02, random_start=False)
+    theirs = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=10, random_start=False)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert (ours != x).any()
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_pgd_stays_in_the_eps_ball_and_unit_box(trained, random_start):
+    model, x, y = trained
+    xa = pgd(model, x, y, eps=8 / 255, steps=5, step_size=2 / 255, random_start=random_start, seed=1)
+    assert (xa - x).abs().max() <= 8 / 255 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+    assert E.accuracy(model, xa, y) < E.accuracy(model, x, y)
+
+
+def test_fgsm_is_one_signed_step(trained):
+    model, x, y = trained
+    xa = fgsm(model, x, y, eps=0.05)
+    d = (xa - x)[(x > 0.05) & (x < 0.95)]               # away from the box edges every value moves by eps
+    assert torch.allclose(d.abs(), torch.full_like(d, 0.05), atol=1e-6)
+
+
+def test_pgd_random_start_is_deterministic_under_a_seed(trained):
+    model, x, y = trained
+    a = pgd(model, x, y, eps=0.1, steps=2, step_size=0.05, random_start=True, seed=7)
+    b = pgd(model, x, y, eps=0.1, steps=2, step_size=0.05, random_start=True, seed=7)
+    c = pgd(model, x, y, eps=0.1, steps=2, step_size=0.05, random_start=True, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("p", [0.1, 1 / 3, 2 / 3, 1.0])
+def test_dra_changes_at_most_k_values_per_image(trained, p):
+    model, x, y = trained
+    xa = dra(model, x, y, eps=2.0, p=p, steps=5)
+    changed = (xa != x).flatten(1).sum(1)
+    assert changed.max() <= round(p * 64) and changed.float().mean() > 0.5 * round(p * 64) * 0.5
+    assert xa.min() >= 0 and xa.max() <= 1
+
+
+def test_dra_l1_budget_before_truncation(trained):
+    model, x, y = trained
+    full = dra(model, x, y, eps=1.5, p=1.0, steps=10)          # p = 1 keeps everything: x_T itself
+    assert (full - x).abs().flatten(1).sum(1).max() <= 1.5 + 1e-5
+    mid = torch.full_like(x, 0.5)                              # far from the box edges: no clipping,
+    step = dra(model, mid, y, eps=0.2, p=1.0, steps=1)         # so one step moves exactly alpha = eps in L1
+    assert torch.allclose((step - mid).abs().flatten(1).sum(1), torch.full((len(x),), 0.2), atol=1e-5)
+    per_value = dra(model, mid, y, eps=0.2 / 64, p=1.0, steps=1, budget="per_value")
+    assert torch.allclose(per_value, step, atol=1e-6)          # per_value eps * N == per_image eps
+
+
+def test_dra_matches_a_hand_computation_on_a_linear_model():
+    torch.manual_seed(3)
+    lin = nn.Linear(12, 3).double()
+    model = nn.Sequential(nn.Flatten(), lin)
+    x = torch.rand(5, 1, 3, 4, dtype=torch.float64) * 0.6 + 0.2
+    y = torch.tensor([0, 1, 2, 1, 0])
+    eps, p, T = 0.3, 0.5, 3
+    W, b = lin.weight.detach(), lin.bias.detach()
+    xt, xf = x.flatten(1).clone(), x.flatten(1)
+    for _ in range(T):   # closed-form cross-entropy gradient of a linear model: W^T (softmax(Wx + b) - onehot(y))
+        g = (torch.softmax(xt @ W.T + b, 1) - F.one_hot(y, 3).double()) @ W
+        xt = (xt + (eps / T) * g / g.abs().sum(1, keepdim=True)).clamp(0, 1)
+    k = round(p * 12)
+    expected = xf.clone()
+    for i in range(5):   # keep the k values with the largest |g| of the last gradient
+        top = g[i].abs().argsort(descending=True)[:k]
+        expected[i, top] = xt[i, top]
+    got = dra(model, x, y, eps=eps, p=p, steps=T)
+    assert torch.allclose(got.flatten(1), expected, atol=1e-12)
+
+
+def test_dra_edge_cases(trained):
+    model, x, y = trained
+    assert torch.equal(dra(model, x, y, eps=1.0, p=0.0, steps=5), x)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    nn.init.zeros_(flat[1].weight)
+    out = dra(flat, x, y, eps=1.0, p=0.5, steps=3)            # zero gradient: no step, no NaN
+    assert torch.isfinite(out).all() and torch.equal(out, x)
+
+
+class CountingModel(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("rank_by,passes", [("last_grad", 5), ("perturbation", 5), ("final_grad", 6)])
+def test_dra_costs_t_passes(trained, rank_by, passes):
+    model, x, y = trained
+    counting = CountingModel(model)
+    xa = dra(counting, x, y, eps=1.0, p=1 / 3, steps=5, rank_by=rank_by)
+    assert counting.calls == passes and (xa != x).any()
+
+
+def test_rank_options_differ(trained):
+    model, x, y = trained
+    outs = {r: dra(model, x, y, eps=2.0, p=0.25, steps=5, rank_by=r) for r in ("last_grad", "final_grad", "perturbation")}
+    assert not torch.equal(outs["last_grad"], outs["perturbation"])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "dra"])
+def test_attacks_restore_mode_and_leave_no_parameter_gradients(name):
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=3, image_size=32, width=4)
+    model.train()
+    stats = model.net.bn1.running_mean.clone()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    kwargs = {"fgsm": dict(eps=0.03), "pgd": dict(eps=0.03, steps=2, step_size=0.01),
+              "dra": dict(eps=1.0, p=0.5, steps=2)}[name]
+    ATTACKS[name](model, x, y, **kwargs)
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.net.bn1.running_mean, stats)      # eval mode: batch-norm statistics untouched
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, x, y: pgd(m, x, y, eps=-0.1, steps=3, step_size=0.01), "eps must be"),
+    (lambda m, x, y: pgd(m, x, y, eps=0.1, steps=0, step_size=0.01), "steps must be"),
+    (lambda m, x, y: dra(m, x, y, eps=1.0, p=1.5, steps=3), "p must be a fraction"),
+    (lambda m, x, y: dra(m, x, y, eps=1.0, p=0.5, steps=3, rank_by="x"), "rank_by must be"),
+    (lambda m, x, y: dra(m, x * 255, y, eps=1.0, p=0.5, steps=3), "x must lie in \\[0, 1\\]"),
+    (lambda m, x, y: fgsm(m, x, y[:3], eps=0.1), "one label per image"),
+    (lambda m, x, y: fgsm(m, (x * 255).byte(), y, eps=0.1), "float tensor"),
+])
+def test_bad_arguments_are_clear_value_errors(trained, call, message):
+    model, x, y = trained
+    with pytest.raises(ValueError, match=message):
+        call(model, x, y)
+
+
+def test_eval_predictions_do_not_depend_on_batch_size():
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=3, image_size=32, width=4)
+    model.train()
+    for _ in range(3):                                          # give batch norm non-trivial statistics
+        model(torch.rand(16, 3, 32, 32))
+    x = torch.rand(10, 3, 32, 32)
+    assert torch.equal(E.predict(model, x, batch_size=1), E.predict(model, x, batch_size=7))
+
+
+def test_paper_protocol_row_states_settings_and_keeps_eps_exact(trained):
+    model, x, y = trained
+    row, xa = E.robust_accuracy(model, x, y, eps="8/255", protocol="paper")
+    assert row["eps"] == "8/255" and row["eps_value"] == 8 / 255
+    assert row["attack"] == "PGD-20, eps=8/255, step=8/255/20, no random start"
+    assert math.isclose(row["robust_acc"], E.accuracy(model, xa, y))
+    assert row["robust_acc"] <= row["clean_acc"]
+
+
+def test_strong_protocol_is_the_worst_case_and_reproducible_from_its_batch(trained, tmp_path):
+    model, x, y = trained
+    x, y = x[:12], y[:12]
+    row, xa = E.robust_accuracy(model, x, y, eps=0.1, protocol="strong", state_dir=tmp_path)
+    assert row["robust_acc"] <= row["pgd_rs_acc"] <= row["clean_acc"]
+    assert math.isclose(row["robust_acc"], E.accuracy(model, xa, y))   # the reported number is the batch's
+    assert (xa - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_autoattack_resumes_from_its_state_dir(trained, tmp_path, monkeypatch):
+    model, x, y = trained
+    x, y = x[:16], y[:16]
+    first = autoattack(model, x, y, eps=0.3, state_dir=tmp_path, chunk_size=8)
+    assert len(list(tmp_path.glob("autoattack-Linf-*.pt"))) == 2
+    import pyautoattack
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished chunk was attacked again")
+    monkeypatch.setattr(pyautoattack, "AutoAttack", refuse)
+    again = autoattack(model, x, y, eps=0.3, state_dir=tmp_path, chunk_size=8)
+    assert torch.equal(first, again)
+
+
+def test_success_rate_and_perturbation_stats(trained):
+    model, x, y = trained
+    xa = dra(model, x, y, eps=2.0, p=0.5, steps=5)
+    asr = E.attack_success_rate(model, x, y, xa)
+    assert 0 <= asr <= 1
+    stats = E.perturbation_stats(x, xa)
+    assert stats.loc["max", "L0"] <= 32 and stats.loc["max", "L1"] <= 2.0 + 1e-5
+    assert set(stats.columns) == {"L0", "L1", "L2", "Linf"}
+
+
+def test_environment_keeps_jupyterlab_beside_the_test_only_torchattacks():
+    import importlib
+
+    import jupyterlab  # noqa: F401  (the notebooks' front end must survive the torchattacks install)
+    requests = importlib.import_module("requests")
+    assert tuple(int(v) for v in requests.__version__.split(".")[:2]) >= (2, 28)   # not torchattacks' 2.25 pin
