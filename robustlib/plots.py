@@ -66,3 +66,47 @@ def image_grid(x: torch.Tensor, labels, *, title: str, ncols: int = 8, run_dir=N
         ax.set_title(str(labels[i]), fontsize=8)
     fig.suptitle(title)
     return finish(fig, run_dir, name)
+
+
+def _show(ax, img, **kw):
+    img = img.detach().cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0], **kw)
+    else:
+        ax.imshow(img.permute(1, 2, 0) if not kw else img.abs().sum(0), **kw)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def perturbation_panels(x: torch.Tensor, panels: dict, *, title: str, run_dir=None, name="perturbations"):
+    """One row per image: the clean image, then one heat map per entry of ``panels`` (name -> (N, C, H, W)).
+
+    Signed perturbations are drawn red/blue on a shared symmetric scale per row; a saliency map (entries
+    whose name starts with "saliency") in greys. Fig. 3 of the paper, for any number of images.
+    """
+    n, cols = len(x), 1 + len(panels)
+    fig, axes = plt.subplots(n, cols, figsize=(2.0 * cols, 2.0 * n), squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], x[i].clamp(0, 1), **({"cmap": "gray", "vmin": 0, "vmax": 1} if x.shape[1] == 1 else {}))
+        deltas = [v[i] for k, v in panels.items() if not k.startswith("saliency")]
+        scale = max(float(d.abs().max()) for d in deltas) if deltas else 1.0
+        for j, (label, v) in enumerate(panels.items(), start=1):
+            if label.startswith("saliency"):
+                _show(axes[i, j], v[i].abs().sum(0, keepdim=True), cmap="Greys")
+            else:
+                _show(axes[i, j], v[i].sum(0, keepdim=True), cmap="RdBu_r", vmin=-scale, vmax=scale)
+            if i == 0:
+                axes[i, j].set_title(label, fontsize=9)
+    axes[0, 0].set_title("clean", fontsize=9)
+    fig.suptitle(title)
+    return finish(fig, run_dir, name)
+
+
+def line_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style: str | None = None,
+              title: str, xlabel: str, ylabel: str, run_dir=None, name: str, percent: bool = True):
+    """A seaborn line plot of a tidy DataFrame (y in percent if ``percent``), saved like every figure."""
+    data = df.assign(**{y: 100 * df[y]}) if percent else df
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=False, ax=ax,
+                 palette="colorblind" if hue else None)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return finish(fig, run_dir, name)

@@ -47,6 +47,14 @@ class Profile:
     milestones: tuple[float, ...] = (0.5, 0.75)   # fractions of the epochs, for "multistep" (x0.1 each)
     seed: int = 0
     expected_clean_acc: float | None = None       # a floor the notebooks assert on full (non-smoke) runs
+    # attacks and evaluation: eps in [0, 1] pixel units, written as given ("8/255" stays 8/255)
+    eval_eps: tuple[str, ...] = ("0.05", "0.1", "0.2")
+    eval_limit: int | None = None     # test images for robust evaluation (None: the whole test split)
+    autoattack_limit: int = 100       # images for AutoAttack, minutes per hundred on a CPU
+    dra_p: float = 1 / 3              # DRA: fraction of values that keep their perturbation
+    dra_steps: int = 10               # DRA: T
+    dra_eps_grid: tuple[float, ...] = (1.0, 2.0, 4.0)   # per-image L1 budgets for Fig. 4
+    calib_dra_eps: float = 2.0        # the DRA eps whose equal-strength PGD eps notebook 01 searches (Table V)
     smoke: bool = False
 
     def __post_init__(self):
@@ -56,7 +64,7 @@ class Profile:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
-        for name in ("train_limit", "test_limit", "width"):
+        for name in ("train_limit", "test_limit", "width", "eval_limit"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 bad(name, v, "None or an integer >= 1")
@@ -70,6 +78,20 @@ class Profile:
             bad("lr_schedule", self.lr_schedule, f"one of {', '.join(SCHEDULES)}")
         if any(not 0 < m < 1 for m in self.milestones):
             bad("milestones", self.milestones, "fractions of the epochs in (0, 1)")
+        if not 0 <= self.dra_p <= 1:
+            bad("dra_p", self.dra_p, "a fraction in [0, 1]")
+        if not isinstance(self.dra_steps, int) or self.dra_steps < 1:
+            bad("dra_steps", self.dra_steps, "an integer >= 1")
+        if any(e <= 0 for e in (*self.dra_eps_grid, self.calib_dra_eps)):
+            bad("dra_eps_grid/calib_dra_eps", (self.dra_eps_grid, self.calib_dra_eps), "budgets > 0")
+        from .evaluate import parse_eps
+
+        for e in self.eval_eps:
+            try:
+                if not 0 < parse_eps(e)[0] <= 1:
+                    raise ValueError
+            except ValueError:
+                bad("eval_eps", self.eval_eps, "values in (0, 1] such as '0.1' or '8/255'")
         if self.expected_clean_acc is not None and not 0 <= self.expected_clean_acc <= 1:
             bad("expected_clean_acc", self.expected_clean_acc, "None or a fraction in [0, 1]")
         from .data import DATASETS  # late imports: profiles sit at the bottom of the data flow
@@ -90,6 +112,8 @@ class Profile:
             epochs=2,
             train_limit=min(self.train_limit or 512, 512),
             test_limit=min(self.test_limit or 256, 256),
+            eval_limit=min(self.eval_limit or 64, 64),
+            autoattack_limit=min(self.autoattack_limit, 8),
             width=min(self.width, 8) if self.width else self.width,
             expected_clean_acc=None,
             smoke=True,
@@ -108,6 +132,8 @@ PROFILES: dict[str, Profile] = {
             epochs=30,
             lr=0.05,
             expected_clean_acc=0.97,
+            eval_eps=("0.05", "0.1", "0.2"),
+            autoattack_limit=120,
         ),
         Profile(
             name="fashion",
@@ -118,6 +144,9 @@ PROFILES: dict[str, Profile] = {
             epochs=10,
             lr=0.02,
             expected_clean_acc=0.90,
+            eval_eps=("0.03", "0.05", "0.1"),
+            eval_limit=1000,
+            autoattack_limit=200,
         ),
         Profile(
             name="paper-mnist",
@@ -128,6 +157,11 @@ PROFILES: dict[str, Profile] = {
             epochs=50,            # the paper does not state the pretraining length: our choice
             lr=0.01,              # TRADES' MNIST learning rate
             expected_clean_acc=0.99,
+            eval_eps=("0.1", "0.3"),          # Section V.A
+            autoattack_limit=1000,
+            dra_p=2 / 3, dra_steps=20,        # Section V.A: p = 2/3, 20 iterations (eps = 0.1)
+            dra_eps_grid=(0.1, 1.0, 2.0),
+            calib_dra_eps=1.0,
         ),
         Profile(
             name="paper-cifar10",
@@ -141,6 +175,11 @@ PROFILES: dict[str, Profile] = {
             lr_schedule="multistep",
             milestones=(0.5, 0.75),
             expected_clean_acc=0.93,
+            eval_eps=("2/255", "5/255", "8/255"),   # Section V.A
+            autoattack_limit=1000,
+            dra_p=1 / 3, dra_steps=5,         # Section V.A: 5 iterations; p = 1/3 is Table V's "ours + DRA" row
+            dra_eps_grid=(1.0, 2.0),          # Fig. 4
+            calib_dra_eps=1.0,                # Section V-C: DRA eps = 1 ~ PGD eps = 2.55/255
         ),
     ]
 }

@@ -216,3 +216,12 @@ def test_environment_keeps_jupyterlab_beside_the_test_only_torchattacks():
     import jupyterlab  # noqa: F401  (the notebooks' front end must survive the torchattacks install)
     requests = importlib.import_module("requests")
     assert tuple(int(v) for v in requests.__version__.split(".")[:2]) >= (2, 28)   # not torchattacks' 2.25 pin
+
+
+def test_calibration_finds_a_pgd_radius_of_equal_strength(trained):
+    model, x, y = trained
+    c = E.calibrate_pgd_to_dra(model, x, y, dra_eps=3.0, p=1 / 3, steps=5, iters=10)
+    assert c["converged"] and 0 < c["pgd_eps"] < 0.5
+    assert abs(c["pgd_robust_acc"] - c["dra_robust_acc"]) <= 0.05
+    row, _ = E.robust_accuracy(model, x, y, eps=c["pgd_eps"])
+    assert row["robust_acc"] == c["pgd_robust_acc"]                    # reproducible from the stored radius

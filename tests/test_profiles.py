@@ -60,3 +60,11 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RobustlibError, match="CUDA is not available"):
         robustlib.setup("quick", device="cuda")
+
+
+def test_eval_eps_are_validated_and_kept_as_written():
+    assert get_profile("paper-cifar10").eval_eps == ("2/255", "5/255", "8/255")
+    with pytest.raises(RobustlibError, match="eval_eps=.*is invalid"):
+        apply_overrides(get_profile("quick"), {"eval_eps": ["8/0"]})
+    with pytest.raises(RobustlibError, match="dra_p=1.5 is invalid"):
+        apply_overrides(get_profile("quick"), {"dra_p": 1.5})
