@@ -24,5 +24,8 @@ test: $(STAMP)  ## unit tests + nbval over every notebook in the smoke setting
 lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
+bench: $(STAMP)  ## attack speed ratios, appended to runs/bench/attacks.json
+	$(PY) bench/attacks.py
+
 clean:  ## remove run outputs (keeps .venv and data)
 	rm -rf runs .pytest_cache
