@@ -68,7 +68,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> t
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, step_size: float,
-        random_start: bool = False, seed: int | None = 0) -> torch.Tensor:
+        random_start: bool = False, seed: int | None = 0, x_init: torch.Tensor | None = None,
+        loss_fn: Callable | None = None) -> torch.Tensor:
     """Projected gradient descent, eq. (2): signed steps, projected onto the L-inf ball ∩ [0, 1].
 
     Parameters
@@ -78,6 +79,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     step_size : the step alpha, in pixel units (the paper's protocol: eps / 20 with 20 steps).
     random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``.
     seed : seeds the random start; ``None`` draws from torch's global generator.
+    x_init : start from this point instead (TRADES and MART start from ``x + 0.001 * N(0, 1)``).
+    loss_fn : ``loss_fn(logits, y) -> scalar`` to maximise, summed over the batch (default: cross-entropy;
+        TRADES maximises the KL divergence to the clean prediction).
 
     Returns
     -------
@@ -98,19 +102,19 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     x = x.detach()
     with eval_mode(model):
-        adv = x.clone()
+        adv = x.clone() if x_init is None else (x + (x_init.detach() - x).clamp(-eps, eps)).clamp(0, 1)
         if random_start:
             g = torch.Generator().manual_seed(seed) if seed is not None else None
             noise = torch.empty(x.shape).uniform_(-eps, eps, generator=g).to(x.device, x.dtype)
             adv = (x + noise).clamp(0, 1)
         for _ in range(steps):
-            adv = adv + step_size * input_gradient(model, adv, y).sign()
+            adv = adv + step_size * input_gradient(model, adv, y, loss_fn).sign()
             adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)   # eq. (2): Π onto the eps-ball ∩ [0, 1]
     return adv.detach()
 
 
 def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: float, steps: int,
-        rank_by: str = "last_grad", budget: str = "per_image") -> torch.Tensor:
+        rank_by: str = "last_grad", budget: str = "per_image", loss_fn: Callable | None = None) -> torch.Tensor:
     """Dynamically Regulated Adversary, Algorithm 1 of the paper (literal reading by default).
 
     1. ``alpha = eps / T``; ``x_0 = x``.
@@ -134,6 +138,7 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
         ``g_{T-1}``), ``"final_grad"`` (the gradient at the final iterate ``x_T``, one more pass), or
         ``"perturbation"`` (the accumulated ``|x_T - x|``).
     budget : ``"per_image"`` (literal) or ``"per_value"``, see ``eps``.
+    loss_fn : the loss to ascend, as in :func:`pgd` (default: cross-entropy with ``y``).
 
     Returns
     -------
@@ -165,11 +170,11 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     with eval_mode(model):
         adv = x.clone()
         for _ in range(steps):                                             # line 3
-            grad = input_gradient(model, adv, y)
+            grad = input_gradient(model, adv, y, loss_fn)
             l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
             adv = (adv + alpha * grad / l1).clamp(0, 1)                   # a zero gradient gives no step
         if rank_by == "final_grad":
-            grad = input_gradient(model, adv, y)
+            grad = input_gradient(model, adv, y, loss_fn)
         score = (adv - x).abs() if rank_by == "perturbation" else grad.abs()
     # lines 4-5: keep the k most significant values of each image, restore the rest
     top = score.flatten(1).topk(k, dim=1).indices

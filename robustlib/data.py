@@ -285,3 +285,18 @@ def load_splits(profile, data_root: str | Path, download: bool = False) -> tuple
     train = load_dataset(profile.dataset, "train", data_root, download).subset(profile.train_limit, profile.seed)
     test = load_dataset(profile.dataset, "test", data_root, download).subset(profile.test_limit, profile.seed)
     return train, test
+
+
+def split_validation(train: ImageData, n: int, seed: int = 0) -> tuple[ImageData, ImageData]:
+    """Hold ``n`` seeded random images out of ``train``: (the rest, the held-out split).
+
+    The held-out split picks the best checkpoint; the test split is never used to choose anything.
+    """
+    if n <= 0:
+        return train, ImageData(train.name, "val", train.x[:0], train.y[:0])
+    if n >= len(train):
+        raise RobustlibError(f"val_size={n} leaves no training images (the split has {len(train)}); lower it")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(10_000 + seed))
+    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    return (ImageData(train.name, "train", train.x[keep], train.y[keep]),
+            ImageData(train.name, "val", train.x[held], train.y[held]))

@@ -110,3 +110,12 @@ def line_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style
                  palette="colorblind" if hue else None)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return finish(fig, run_dir, name)
+
+
+def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, run_dir=None, name: str):
+    """Accuracy (y) against robust accuracy (x), in percent, one marker per row."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    sns.scatterplot(data=df.assign(**{x: 100 * df[x], y: 100 * df[y]}), x=x, y=y, hue=hue, style=hue, s=80, ax=ax)
+    ax.set(title=title, xlabel=f"robust accuracy, {x} (%)", ylabel="natural accuracy (%)")
+    ax.legend(fontsize=8, loc="best")
+    return finish(fig, run_dir, name)

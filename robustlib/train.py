@@ -14,23 +14,17 @@ from typing import Callable
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import TensorLoader, load_splits
+from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
-from .models import build_model, model_spec
+from .losses import Clean, Objective
+from .models import build_model, eval_mode, model_spec
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def clean_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """Standard training: cross-entropy on clean data. Returns the loss and its logits."""
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits, {}
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float, epochs: int,
@@ -64,7 +58,7 @@ def fit(
     weight_decay: float = 2e-4,
     lr_schedule: str = "cosine",
     milestones=(0.5, 0.75),
-    objective: Callable = clean_objective,
+    objective: Objective | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
     device: torch.device | str | None = None,
     precision: str = "fp32",
@@ -74,6 +68,7 @@ def fit(
     seed: int = 0,
     resume: bool = True,
     progress: bool = True,
+    best_metric: str | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch metrics.
 
@@ -82,9 +77,11 @@ def fit(
     model : any module taking images in [0, 1].
     train_loader : any iterable of ``(x, y)`` batches (a :class:`~robustlib.data.TensorLoader` or a
         ``DataLoader`` with the sampler of your choice); ``set_epoch(e)`` is called if it has one.
-    objective : ``objective(model, x, y) -> (loss, logits, parts)``; ``parts`` is a dict of floats/tensors
-        logged per epoch (the terms of a composite loss).
+    objective : a :class:`~robustlib.losses.Objective` (default: clean cross-entropy); it returns the
+        updates for a batch, each giving ``(loss, logits, parts)``; ``parts`` (loss terms) are logged.
     evaluate : called after each epoch with the model (in eval mode); its dict is logged.
+    best_metric : a key of ``evaluate``'s dict; the epoch maximising it is also saved as
+        ``checkpoints/<name>.best.pt`` (the last and the best can differ by several points).
     device, precision : where and how to compute (``"fp32"`` or ``"bf16"`` autocast).
     run_dir, name : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
         (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
@@ -97,6 +94,7 @@ def fit(
     """
     if precision not in PRECISIONS:
         raise RobustlibError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    objective = objective or Clean()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
@@ -108,9 +106,15 @@ def fit(
     if last_path is not None and resume and last_path.exists():
         state = load_torch(last_path)
         _check_meta(state, meta, last_path)
+        made, now = state.get("profile_fields") or {}, meta.get("profile_fields") or {}
+        for f in meta.get("check_fields", ()):
+            if f in made and f in now and tuple(map(str, [made[f]])) != tuple(map(str, [now[f]])):
+                raise RobustlibError(f"{last_path} was trained with {f}={made[f]!r} but this run says {now[f]!r}; "
+                                     f"pass retrain=True (or --retrain) to start again, or use another run_dir")
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        objective.load_state_dict(state.get("objective", {}))
         history, start = list(state["history"]), int(state["epoch"])
         if start >= epochs:
             return pd.DataFrame(history)
@@ -125,39 +129,67 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        n_seen = 0
+        counts: dict[str, int] = {}
         for x, y in train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                loss, logits, parts = objective(model, x, y)
-            if not torch.isfinite(loss):
-                raise RobustlibError(f"{name}: the loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            b = len(y)
-            n_seen += b
-            for k, v in {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == y).float().mean(),
-                         **{k: torch.as_tensor(v).detach().float() for k, v in parts.items()}}.items():
-                sums[k] = sums.get(k, 0) + v * b
-        if n_seen == 0:
+            for update in objective(model, x, y, epoch):
+                with autocast:
+                    loss, logits, parts = update()
+                if not torch.isfinite(loss):
+                    raise RobustlibError(f"{name}: the loss became {loss.item()} in epoch {epoch + 1}; "
+                                         f"lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                b = len(y)
+                logged = {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == y).float().mean(),
+                          **{k: torch.as_tensor(v).detach().float() for k, v in parts.items()}}
+                for k, v in logged.items():
+                    sums[k] = sums.get(k, 0) + v * b
+                    counts[k] = counts.get(k, 0) + b
+        if not counts:
             raise RobustlibError(f"{name}: the training loader yielded no batches; check the dataset and batch size")
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update({k: (v / n_seen).item() for k, v in sums.items()})
+        row.update({k: (v / counts[k]).item() for k, v in sums.items()})
         sched.step()
+        row.update(objective.end_epoch(model, row))
         if evaluate is not None:
-            row.update(evaluate(model))
+            with eval_mode(model):
+                row.update(evaluate(model))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "train_acc", "test_acc")})
         if run_dir:
+            if best_metric is not None and row.get(best_metric, -math.inf) >= max(
+                    (h.get(best_metric, -math.inf) for h in history), default=-math.inf):
+                save_torch(checkpoint_payload(model, meta, epoch=epoch + 1, metrics=row),
+                           Path(run_dir) / "checkpoints" / f"{name}.best.pt")
             save_torch(checkpoint_payload(model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                          epoch=epoch + 1, history=history), last_path)
+                                          objective=objective.state_dict(), epoch=epoch + 1, history=history),
+                       last_path)
             write_csv(Path(run_dir) / "metrics" / f"{name}.csv", pd.DataFrame(history))
     if run_dir:
         save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
                    Path(run_dir) / "checkpoints" / f"{name}.pt")
     return pd.DataFrame(history)
+
+
+PRETRAIN_FIELDS = ("dataset", "model", "width", "augment", "train_limit", "epochs", "batch_size", "lr", "momentum",
+                   "weight_decay", "lr_schedule", "milestones", "val_size")
+FINETUNE_FIELDS = PRETRAIN_FIELDS + ("ft_epochs", "ft_lr", "ft_lr_schedule", "ft_eps_max", "ft_eps_min", "ft_decay",
+                                     "ft_clean_tail", "ft_replay", "at_steps", "main_eps", "dra_p", "dra_steps",
+                                     "mart_beta", "baseline_init", "lam_lr")
+
+
+def check_settings(state: dict, profile, fields, path) -> None:
+    """Refuse a checkpoint trained with other settings than the profile asks for (names the first one)."""
+    made = state.get("profile_fields") or {}
+    now = profile.as_dict()
+    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+    for f in fields:
+        if f in made and norm(made[f]) != norm(now[f]):
+            raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
+                                 f"pass retrain=True (or --retrain) to train it again, or use another run_dir")
 
 
 def _check_meta(state: dict, expected: dict, path: Path) -> None:
@@ -173,7 +205,8 @@ def _check_meta(state: dict, expected: dict, path: Path) -> None:
             )
 
 
-def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str | torch.device = "cpu"):
+def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str | torch.device = "cpu",
+                    profile=None, fields=PRETRAIN_FIELDS):
     """Rebuild a model from a checkpoint (loaded with ``weights_only=True``).
 
     Parameters
@@ -181,6 +214,7 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str
     path : a ``.pt`` file written by :func:`fit`.
     expect : keys the checkpoint must match, e.g. ``{"model": model_spec(profile), "dataset": "digits"}``;
         a mismatch raises a one-line :class:`RobustlibError` instead of loading the wrong weights.
+    profile, fields : with a profile, the checkpoint's recorded training settings must equal its ``fields``.
 
     Returns
     -------
@@ -196,6 +230,8 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str
         raise RobustlibError(f"{path} does not fit its recorded model ({str(e).splitlines()[0][:120]}); "
                              f"delete it or pass retrain=True") from None
     meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scheduler")}
+    if profile is not None:
+        check_settings(state, profile, fields, path)
     return model.to(device).eval(), meta
 
 
@@ -212,35 +248,46 @@ def make_train_loader(cfg, train, *, seed: int | None = None) -> TensorLoader:
                         seed=p.seed if seed is None else seed, device=cfg.device, in_memory=p.in_memory)
 
 
-def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None):
+def vanilla_name(cfg, seed: int | None = None) -> str:
+    """Checkpoint name of theta_std: ``vanilla`` for the profile's seed, ``vanilla-s<seed>`` for others."""
+    return "vanilla" if seed in (None, cfg.profile.seed) else f"vanilla-s{seed}"
+
+
+def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, seed: int | None = None):
     """Phase 1: train theta_std on clean data, or load it if the run directory already holds it.
+
+    The profile's ``val_size`` images are held out of the training split (they pick the best checkpoint
+    of the fine-tune later), so every phase and every method trains on the same images.
 
     Returns
     -------
     (model in eval mode, per-epoch metrics DataFrame)
     """
-    ckpt = cfg.path("checkpoints", "vanilla.pt")
-    meta = run_meta(cfg, "vanilla")
+    p = cfg.profile
+    seed = p.seed if seed is None else seed
+    name = vanilla_name(cfg, seed)
+    ckpt = cfg.path("checkpoints", f"{name}.pt")
+    meta = {**run_meta(cfg, "vanilla"), "check_fields": list(PRETRAIN_FIELDS)}
     expect = {k: meta[k] for k in ("kind", "model", "dataset")}
     if ckpt.exists() and not retrain:
-        model, _ = load_checkpoint(ckpt, expect=expect, device=cfg.device)
-        metrics = cfg.path("metrics", "vanilla.csv")
+        model, _ = load_checkpoint(ckpt, expect=expect, device=cfg.device, profile=p)
+        metrics = cfg.path("metrics", f"{name}.csv")
         print(f"loaded theta_std from {ckpt} (pass retrain=True to train it again)")
         return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame())
     if retrain:
-        for stale in (ckpt, cfg.path("checkpoints", "vanilla.last.pt")):
+        for stale in (ckpt, cfg.path("checkpoints", f"{name}.last.pt")):
             stale.unlink(missing_ok=True)
-    p = cfg.profile
     train, test = data or load_splits(p, cfg.data_root)
-    torch.manual_seed(p.seed)
+    train, _ = split_validation(train, p.val_size, p.seed)
+    torch.manual_seed(seed)
     model = build_model(**model_spec(p)).to(cfg.device)
     x_test, y_test = test.float_x(), test.y
 
     def evaluate(m):
         return {"test_acc": accuracy(m, x_test, y_test)}
 
-    history = fit(model, make_train_loader(cfg, train), epochs=p.epochs, lr=p.lr, momentum=p.momentum,
+    history = fit(model, make_train_loader(cfg, train, seed=seed), epochs=p.epochs, lr=p.lr, momentum=p.momentum,
                   weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, milestones=p.milestones,
-                  evaluate=evaluate, device=cfg.device, run_dir=cfg.run_dir, name="vanilla", meta=meta,
-                  seed=p.seed, progress=progress)
+                  evaluate=evaluate, device=cfg.device, run_dir=cfg.run_dir, name=name, meta=meta,
+                  seed=seed, progress=progress)
     return model.eval(), history

@@ -95,3 +95,13 @@ def test_bf16_autocast_runs():
     assert torch.isfinite(torch.tensor(hist.train_loss.iloc[0]))
     with pytest.raises(RobustlibError, match="unknown precision"):
         fit(model, loader, epochs=1, lr=0.05, precision="fp8")
+
+
+def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    pretrain(cfg, progress=False)
+    changed = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True, overrides={"lr": 0.02})
+    with pytest.raises(RobustlibError, match="trained with lr=0.05 but the profile now says 0.02.*retrain=True"):
+        pretrain(changed, progress=False)
+    model, _ = pretrain(changed, progress=False, retrain=True)      # asked for explicitly: trains again
+    assert model is not None

@@ -1,0 +1,140 @@
+"""Objectives and the method runner: the schedule, the replay, TRADES/MART against hand computations, λ."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustlib
+from robustlib.losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
+from robustlib.methods import evaluate_table, train_method
+from robustlib.train import fit
+
+
+def test_eps_schedule_is_section_va_scaled_to_the_epochs():
+    s = EpsSchedule(2.0, 0.5, 60)                          # CIFAR-10: 2 -> 0.5 over 50 epochs, 10 clean
+    assert s.adversarial_epochs == 50
+    assert s(0) == 2.0 and s(49) == pytest.approx(0.5) and s(25) == pytest.approx(2 - 1.5 * 25 / 49)
+    assert all(s(e) == 0 for e in range(50, 60))
+    short = EpsSchedule(6.0, 1.5, 12)
+    assert [short(e) > 0 for e in range(12)] == [True] * 10 + [False] * 2
+    assert EpsSchedule(1.0, 0.2, 6, kind="constant", clean_tail=False)(5) == 1.0
+
+
+class FixedAdversary(Adversary):
+    """Returns a given adversarial batch, to compare objectives with hand computations."""
+
+    def __init__(self, x_adv, eps=1.0):
+        super().__init__("pgd", eps=eps, steps=1)
+        self.x_adv = x_adv
+
+    def __call__(self, model, x, y, *, epoch, loss_fn=None, x_init=None):
+        return self.x_adv if self.eps_at(epoch) else x
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    x = torch.rand(6, 1, 4, 4)
+    return model, x, torch.tensor([0, 1, 2, 3, 0, 1]), (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+
+
+def test_finetune_replays_clean_and_adversarial_one_to_one(batch):
+    model, x, y, xa = batch
+    (update,) = Finetune(FixedAdversary(xa))(model, x, y, epoch=0)
+    loss, _, parts = update()
+    expected = (F.cross_entropy(model(x), y) + F.cross_entropy(model(xa), y)) / 2
+    assert torch.allclose(loss, expected) and set(parts) == {"clean_loss", "adv_loss"}
+    assert len(Finetune(FixedAdversary(xa), replay="alternating")(model, x, y, epoch=0)) == 2
+    tail = Finetune(FixedAdversary(xa, eps=EpsSchedule(1.0, 0.5, 6)))(model, x, y, epoch=5)   # clean-only tail
+    assert len(tail) == 1 and torch.allclose(tail[0]()[0], F.cross_entropy(model(x), y))
+
+
+def test_trades_and_mart_match_their_reference_formulas(batch):
+    model, x, y, xa = batch
+    loss, _, parts = Trades(FixedAdversary(xa), beta=6.0)(model, x, y, epoch=0)[0]()
+    kl = F.kl_div(F.log_softmax(model(xa), 1), F.softmax(model(x), 1), reduction="sum") / len(x)
+    assert torch.allclose(loss, F.cross_entropy(model(x), y) + 6.0 * kl, atol=1e-6)
+
+    loss, _, _ = Mart(FixedAdversary(xa), beta=6.0)(model, x, y, epoch=0)[0]()
+    pa, pn = F.softmax(model(xa), 1), F.softmax(model(x), 1)
+    other = pa.clone()
+    other[torch.arange(6), y] = -1                        # the most likely wrong class
+    bce = F.cross_entropy(model(xa), y) - torch.log(1.0001 - pa[torch.arange(6), other.argmax(1)] + 1e-12).mean()
+    kl = ((pn * (torch.log(pn) - torch.log(pa + 1e-12))).sum(1) * (1.0000001 - pn[torch.arange(6), y])).mean()
+    assert torch.allclose(loss, bce + 6.0 * kl, atol=1e-5)
+
+    loss, _, _ = Madry(FixedAdversary(xa), mix=True)(model, x, y, epoch=0)[0]()
+    assert torch.allclose(loss, F.cross_entropy(model(x), y) + F.cross_entropy(model(xa), y))
+
+
+def test_constrained_multiplier_follows_the_constraint(batch):
+    model, x, y, xa = batch
+    def confidently_wrong():
+        m = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+        with torch.no_grad():
+            m[1].weight.zero_()
+            m[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 20.0]))     # always class 3: a huge clean loss
+        return m
+    obj = Finetune(FixedAdversary(xa), constrained=True, constraint_data=(x, y), std_model=model, lam=1.0, lam_lr=0.1)
+    out = obj.end_epoch(confidently_wrong(), {})          # clean loss far above theta_std's: lambda rises
+    assert out["constraint_gap"] > 5 and out["lambda"] == 1.0 and obj.lam > 1.5
+    relaxed = Finetune(FixedAdversary(xa), constrained=True, constraint_data=(x, y), std_model=confidently_wrong(),
+                       lam=1.0, lam_lr=10.0)
+    relaxed.end_epoch(model, {})                          # far below theta_std's: lambda falls, never below 0
+    assert relaxed.lam == 0.0
+    loss, _, _ = obj(model, x, y, epoch=0)[0]()
+    assert torch.allclose(loss, F.cross_entropy(model(xa), y) + obj.lam * F.cross_entropy(model(x), y))
+    assert obj.state_dict() == {"lam": obj.lam}
+
+
+def test_fit_takes_any_module_and_any_dataloader_for_the_finetune():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    adv = Adversary("dra", eps=EpsSchedule(2.0, 0.5, 3), steps=3, p=1 / 3)
+    hist = fit(model, loader, epochs=3, lr=0.05, objective=Finetune(adv), progress=False)
+    assert {"clean_loss", "adv_loss", "train_loss"} <= set(hist.columns)
+    assert hist["adv_loss"].isna().tolist() == [False, False, True]       # epoch 3 is the clean-only tail
+
+
+@pytest.mark.parametrize("method", ["ours", "ours-constrained", "trades", "mart", "madry", "control"])
+def test_every_method_trains_checkpoints_and_reloads(tmp_path, method):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    r = train_method(cfg, method, progress=False)
+    hist = r["history"]
+    assert len(hist) == cfg.profile.ft_epochs and {"val_acc", "val_robust_acc"} <= set(hist.columns)
+    assert (tmp_path / "checkpoints" / f"{r['name']}.best.pt").exists()
+    if method == "ours-constrained":
+        assert "lambda" in hist.columns
+    again = train_method(cfg, method, progress=False)     # second call loads, does not train
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(again["model"](x), r["model"](x))
+
+
+def test_evaluate_table_columns_keep_eps_labels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    t = evaluate_table({"A": model}, x, y, eps_list=["0.1", "8/255"])
+    assert list(t.columns) == ["method", "natural", "pgd@0.1", "pgd-rs@0.1", "pgd@8/255", "pgd-rs@8/255"]
+    assert (t[["pgd@0.1", "pgd-rs@0.1"]].to_numpy() <= t["natural"].to_numpy()[:, None] + 1e-9).all()
+
+
+def test_readme_hardening_example(tmp_path):
+    import torchvision
+
+    from robustlib import losses, models, train
+
+    torch.manual_seed(0)
+    my_dataset = torch.utils.data.TensorDataset(torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = torch.nn.Linear(net.fc.in_features, 10)
+    model = torch.nn.Sequential(models.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), net)
+    loader = torch.utils.data.DataLoader(my_dataset, batch_size=8, shuffle=True)
+    train.fit(model, loader, epochs=1, lr=0.01, progress=False)
+    adversary = losses.Adversary("dra", eps=losses.EpsSchedule(2.0, 0.5, epochs=2), steps=2, p=1 / 3)
+    hist = train.fit(model, loader, epochs=2, lr=0.01, objective=losses.Finetune(adversary),
+                     run_dir=tmp_path, name="finetune", progress=False)
+    assert (tmp_path / "checkpoints" / "finetune.pt").exists() and hist["adv_loss"].notna().iloc[0]
