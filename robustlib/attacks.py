@@ -24,6 +24,8 @@ def _check(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
         raise ValueError("x must be a float tensor of images in [0, 1]; convert with x.float() / 255")
     if x.dim() < 2:
         raise ValueError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}; add a batch dimension")
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex():
+        raise ValueError("y must be an integer tensor of class labels, e.g. torch.tensor([3, 1, 4])")
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"y must hold one label per image: x has {len(x)} images, y has shape {tuple(y.shape)}")
     if len(x) and (x.min() < 0 or x.max() > 1):
@@ -77,7 +79,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     eps : L-infinity radius in [0, 1] pixel units.
     steps : number of gradient steps (each one forward and one backward pass).
     step_size : the step alpha, in pixel units (the paper's protocol: eps / 20 with 20 steps).
-    random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``.
+    random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``; this
+        takes precedence over ``x_init``.
     seed : seeds the random start; ``None`` draws from torch's global generator.
     x_init : start from this point instead (TRADES and MART start from ``x + 0.001 * N(0, 1)``).
     loss_fn : ``loss_fn(logits, y) -> scalar`` to maximise, summed over the batch (default: cross-entropy;
@@ -114,7 +117,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
 
 
 def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: float, steps: int,
-        rank_by: str = "last_grad", budget: str = "per_image", loss_fn: Callable | None = None) -> torch.Tensor:
+        rank_by: str = "last_grad", budget: str = "per_image", loss_fn: Callable | None = None,
+        x_init: torch.Tensor | None = None) -> torch.Tensor:
     """Dynamically Regulated Adversary, Algorithm 1 of the paper (literal reading by default).
 
     1. ``alpha = eps / T``; ``x_0 = x``.
@@ -139,6 +143,8 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
         ``"perturbation"`` (the accumulated ``|x_T - x|``).
     budget : ``"per_image"`` (literal) or ``"per_value"``, see ``eps``.
     loss_fn : the loss to ascend, as in :func:`pgd` (default: cross-entropy with ``y``).
+    x_init : start the iterations here instead of at ``x`` (TRADES' KL has a zero gradient at ``x``, so its
+        reference code starts at ``x + 0.001 N(0, 1)``); the mask still restores unkept values to ``x``.
 
     Returns
     -------
@@ -168,7 +174,7 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
         return x.clone()
     alpha = (eps * n if budget == "per_value" else eps) / steps          # Algorithm 1, line 1
     with eval_mode(model):
-        adv = x.clone()
+        adv = x.clone() if x_init is None else x_init.detach().clamp(0, 1)
         for _ in range(steps):                                             # line 3
             grad = input_gradient(model, adv, y, loss_fn)
             l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))

@@ -76,7 +76,10 @@ def parse_eps(value) -> tuple[float, str]:
         return v, value.strip()
     if isinstance(value, Fraction):
         return float(value), str(value)
-    return float(value), f"{float(value):g}"
+    try:
+        return float(value), f"{float(value):g}"
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
 
 
 def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
@@ -84,10 +87,12 @@ def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ba
     """Apply an attack (a function or a name in ``ATTACKS``) batch by batch on the model's device."""
     from .attacks import ATTACKS
 
+    if isinstance(attack, str) and attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     fn = ATTACKS[attack] if isinstance(attack, str) else attack
     device = _device_of(model)
     seed = kwargs.pop("seed", 0)
-    uses_seed = fn.__name__ == "pgd"
+    uses_seed = getattr(fn, "__name__", "") == "pgd"
     out = []
     for i, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
@@ -131,6 +136,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     eps_value, label = parse_eps(eps)
     y = y.cpu()
     clean_ok = predict(model, x) == y

@@ -9,7 +9,7 @@ the loss terms that are logged per epoch. Adversarial examples are made with the
 
 - ``Clean``       standard training.
 - ``Madry``       eq. (3), the adversarial loss; ``mix=True`` is eq. (4), clean + adversarial.
-- ``Trades``      eq. (6): CE(f(x), y) + (1/λ) KL(f(x') || f(x)), x' maximising the KL, started from
+- ``Trades``      eq. (6): CE(f(x), y) + (1/λ) KL(f(x) || f(x')), x' maximising the KL, started from
                   x + 0.001 N(0, 1) as TRADES' reference code does.
 - ``Mart``        MART: boosted CE on x' plus KL(f(x) || f(x')) weighted by 1 - f(x)_y.
 - ``Finetune``    the paper (Section IV-A): 1:1 replay of clean and adversarial samples, ε on a schedule,
@@ -30,7 +30,8 @@ from .models import eval_mode
 @dataclass
 class EpsSchedule:
     """Section V.A: ε decays linearly from ``eps_max`` to ``eps_min`` over the first ``decay`` fraction of the
-    epochs, then (with ``clean_tail``) training sees clean samples only. ``kind="constant"`` keeps eps_max."""
+    epochs; after that, training sees clean samples only (``clean_tail=True``) or stays at ``eps_min``.
+    ``kind="constant"`` keeps eps_max throughout the adversarial epochs."""
 
     eps_max: float
     eps_min: float
@@ -40,20 +41,28 @@ class EpsSchedule:
     kind: str = "linear"
 
     def __post_init__(self):
+        if not 0 <= self.eps_min <= self.eps_max:
+            raise ValueError(f"eps schedule needs 0 <= eps_min <= eps_max, got {self.eps_min!r} and {self.eps_max!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"eps schedule epochs must be an integer >= 1, got {self.epochs!r}")
         if self.kind not in ("linear", "constant"):
             raise ValueError(f"eps schedule kind must be 'linear' or 'constant', got {self.kind!r}")
         if not 0 < self.decay <= 1:
             raise ValueError(f"eps schedule decay must be a fraction in (0, 1], got {self.decay!r}")
 
     @property
+    def decay_epochs(self) -> int:
+        return max(1, round(self.decay * self.epochs))
+
+    @property
     def adversarial_epochs(self) -> int:
-        return max(1, round(self.decay * self.epochs)) if self.clean_tail else self.epochs
+        return self.decay_epochs if self.clean_tail else self.epochs
 
     def __call__(self, epoch: int) -> float:
         """ε for the 0-based ``epoch``; 0 means clean samples only."""
-        n = self.adversarial_epochs
+        n = self.decay_epochs
         if epoch >= n:
-            return 0.0
+            return 0.0 if self.clean_tail else (self.eps_max if self.kind == "constant" else self.eps_min)
         if self.kind == "constant" or n == 1:
             return self.eps_max
         return self.eps_max + (self.eps_min - self.eps_max) * epoch / (n - 1)
@@ -67,11 +76,18 @@ class Adversary:
     """
 
     def __init__(self, name: str, *, eps, steps: int, p: float = 1 / 3, step_factor: float = 2.5,
-                 rank_by: str = "last_grad", budget: str = "per_image"):
+                 rank_by: str = "last_grad", budget: str = "per_image", random_start: bool = False):
         if name not in ("pgd", "dra"):
             raise ValueError(f"unknown adversary {name!r}; use 'pgd' or 'dra'")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"adversary steps must be an integer >= 1, got {steps!r}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"adversary p must be a fraction in [0, 1], got {p!r}")
+        if not callable(eps) and not eps >= 0:
+            raise ValueError(f"adversary eps must be >= 0 or an EpsSchedule, got {eps!r}")
         self.name, self.eps, self.steps, self.p = name, eps, steps, p
         self.step_factor, self.rank_by, self.budget = step_factor, rank_by, budget
+        self.random_start = random_start
 
     def eps_at(self, epoch: int) -> float:
         return float(self.eps(epoch)) if callable(self.eps) else float(self.eps)
@@ -82,9 +98,9 @@ class Adversary:
             return x
         if self.name == "pgd":
             return pgd(model, x, y, eps=eps, steps=self.steps, step_size=self.step_factor * eps / self.steps,
-                       x_init=x_init, loss_fn=loss_fn)
+                       x_init=x_init, loss_fn=loss_fn, random_start=self.random_start, seed=None)
         return dra(model, x, y, eps=eps, p=self.p, steps=self.steps, rank_by=self.rank_by, budget=self.budget,
-                   loss_fn=loss_fn)
+                   loss_fn=loss_fn, x_init=x_init)
 
     def describe(self) -> str:
         e = (f"{self.eps.eps_max:g}->{self.eps.eps_min:g}" if isinstance(self.eps, EpsSchedule) else f"{self.eps:g}")
@@ -138,12 +154,12 @@ class Madry(Objective):
 
 
 def _kl_to(p_clean: torch.Tensor):
-    """Loss for the inner maximisation of TRADES: KL(f(x') || f(x)) summed over the batch."""
+    """Loss for the inner maximisation of TRADES: KL(f(x) || f(x')) summed over the batch (as its reference)."""
     return lambda logits, _y: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
 
 
 class Trades(Objective):
-    """Eq. (6) with β = 1/λ: CE(f(x), y) + β · KL(f(x') || f(x)), as in TRADES' reference ``trades_loss``."""
+    """Eq. (6) with β = 1/λ: CE(f(x), y) + β · KL(f(x) || f(x')), as in TRADES' reference ``trades_loss``."""
 
     def __init__(self, adversary: Adversary, beta: float):
         self.adversary, self.beta = adversary, beta
@@ -201,6 +217,8 @@ class Finetune(Objective):
                  constraint_data=None, std_model: nn.Module | None = None, lam: float = 1.0, lam_lr: float = 1.0):
         if replay not in ("concat", "alternating"):
             raise ValueError(f"replay must be 'concat' or 'alternating', got {replay!r}")
+        if constrained and replay == "alternating":
+            raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
         if constrained and (constraint_data is None or std_model is None):
             raise ValueError("the constrained fine-tune needs constraint_data=(x, y) and std_model=theta_std")
         self.adversary, self.replay, self.constrained = adversary, replay, constrained
@@ -240,7 +258,7 @@ class Finetune(Objective):
 
         if clean_only:
             return [clean_update]
-        if self.replay == "alternating" and not self.constrained:
+        if self.replay == "alternating":
             return [clean_update, adv_update]
         return [joint_update]
 

@@ -35,7 +35,8 @@ def make_adversary(profile, method: str, name: str, epochs: int) -> Adversary:
         # ours + PGD keeps the fine-tune's schedule, with the same max/min ratio in L∞ units
         ratio = profile.ft_eps_min / profile.ft_eps_max if profile.ft_eps_max else 1.0
         eps = EpsSchedule(main, main * ratio, epochs, profile.ft_decay, profile.ft_clean_tail) if ours else main
-        return Adversary("pgd", eps=eps, steps=profile.at_steps)
+        # Madry et al. start PGD from a random point of the ball; TRADES and MART from x + 0.001 N(0, 1)
+        return Adversary("pgd", eps=eps, steps=profile.at_steps, random_start=method.startswith("madry"))
     raise RobustlibError(f"unknown adversary {name!r}; use pgd or dra")
 
 
@@ -92,13 +93,15 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
                                              constraint_data=_constraint_sample(train, seed), lam_lr=p.lam_lr),
     }[method]()
     name = run_name(method, seed, adversary, beta if method in ("trades", "mart") else None)
-    meta = {**run_meta(cfg, name), "check_fields": list(FINETUNE_FIELDS)}
+    meta = {**run_meta(cfg, name), "check_fields": list(FINETUNE_FIELDS),
+            "theta_std": "scratch" if scratch else fingerprint(theta_std)}
     final = cfg.path("checkpoints", f"{name}.pt")
     if final.exists() and not retrain:
-        model, _ = load_checkpoint(final, expect={"kind": name, "model": meta["model"]}, device=cfg.device,
-                                   profile=p, fields=FINETUNE_FIELDS)
-        best, _ = load_checkpoint(cfg.path("checkpoints", f"{name}.best.pt"), device=cfg.device)
-        hist = pd.read_csv(cfg.path("metrics", f"{name}.csv"))
+        model, _ = load_checkpoint(final, expect={"kind": name, "model": meta["model"], "theta_std": meta["theta_std"]},
+                                   device=cfg.device, profile=p, fields=FINETUNE_FIELDS)
+        best_path, metrics = cfg.path("checkpoints", f"{name}.best.pt"), cfg.path("metrics", f"{name}.csv")
+        best = load_checkpoint(best_path, device=cfg.device)[0] if best_path.exists() else model
+        hist = pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()
         return {"model": model, "best": best, "history": hist, "name": name,
                 "adversary": adv.describe() if adv else "none"}
     if retrain:
@@ -128,6 +131,13 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
     best = load_checkpoint(best_path, device=cfg.device)[0] if best_path.exists() else model
     return {"model": model.eval(), "best": best, "history": history, "name": name,
             "adversary": adv.describe() if adv else "none"}
+
+
+def fingerprint(model) -> str:
+    """A short hash of a model's weights: a fine-tune records the theta_std it started from."""
+    from .attacks import _fingerprint
+
+    return _fingerprint(model)
 
 
 def _constraint_sample(train, seed: int, n: int = 1000):

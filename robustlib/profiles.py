@@ -204,7 +204,8 @@ PROFILES: dict[str, Profile] = {
             calib_dra_eps=1.0,
             val_size=5000,
             main_eps="0.3",
-            ft_epochs=50, ft_eps_max=0.1, ft_eps_min=0.1,   # Section V.A: eps = 0.1 for 50 epochs
+            ft_epochs=50, ft_eps_max=0.1, ft_eps_min=0.1,   # Section V.A: eps = 0.1 for 50 epochs,
+            ft_clean_tail=False,                            # no clean tail is mentioned for MNIST
             at_steps=40,                                   # TRADES' MNIST setting
             trades_betas=(1.0, 0.5, 0.1),                  # Table II
             baseline_init="scratch",

@@ -116,8 +116,9 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         objective.load_state_dict(state.get("objective", {}))
         history, start = list(state["history"]), int(state["epoch"])
-        if start >= epochs:
-            return pd.DataFrame(history)
+        if int(state.get("epochs_total", epochs)) != epochs:
+            raise RobustlibError(f"{last_path} belongs to a {state['epochs_total']}-epoch run, not {epochs}; pass "
+                                 f"retrain=True (or --retrain) to start again, or use another run_dir")
         print(f"resuming {name} from {last_path} after epoch {start}/{epochs}")
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision]
                 else contextlib.nullcontext())
@@ -165,8 +166,8 @@ def fit(
                 save_torch(checkpoint_payload(model, meta, epoch=epoch + 1, metrics=row),
                            Path(run_dir) / "checkpoints" / f"{name}.best.pt")
             save_torch(checkpoint_payload(model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                          objective=objective.state_dict(), epoch=epoch + 1, history=history),
-                       last_path)
+                                          objective=objective.state_dict(), epoch=epoch + 1, epochs_total=epochs,
+                                          history=history), last_path)
             write_csv(Path(run_dir) / "metrics" / f"{name}.csv", pd.DataFrame(history))
     if run_dir:
         save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
@@ -197,10 +198,10 @@ def _check_meta(state: dict, expected: dict, path: Path) -> None:
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
                              f"delete it or pass retrain=True")
-    for key in ("model", "dataset", "kind"):
+    for key in ("model", "dataset", "kind", "theta_std"):
         if key in expected and state.get(key) != expected[key]:
             raise RobustlibError(
-                f"{path} was made with {key}={state.get(key)!r} but this run needs {expected[key]!r}; "
+                f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs {str(expected[key])[:80]!r}; "
                 f"use another run_dir, or delete the file (retrain=True) to train it again"
             )
 

@@ -225,3 +225,13 @@ def test_calibration_finds_a_pgd_radius_of_equal_strength(trained):
     assert abs(c["pgd_robust_acc"] - c["dra_robust_acc"]) <= 0.05
     row, _ = E.robust_accuracy(model, x, y, eps=c["pgd_eps"])
     assert row["robust_acc"] == c["pgd_robust_acc"]                    # reproducible from the stored radius
+
+
+def test_labels_must_be_an_integer_tensor(trained):
+    model, x, y = trained
+    with pytest.raises(ValueError, match="integer tensor of class labels"):
+        pgd(model, x, y.float(), eps=0.1, steps=2, step_size=0.05)
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        E.run_attack("cw", model, x, y)
+    with pytest.raises(ValueError, match="cannot read eps"):
+        E.parse_eps(None)

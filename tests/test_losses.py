@@ -138,3 +138,28 @@ def test_readme_hardening_example(tmp_path):
     hist = train.fit(model, loader, epochs=2, lr=0.01, objective=losses.Finetune(adversary),
                      run_dir=tmp_path, name="finetune", progress=False)
     assert (tmp_path / "checkpoints" / "finetune.pt").exists() and hist["adv_loss"].notna().iloc[0]
+
+
+def test_schedule_without_clean_tail_holds_eps_min_and_bad_schedules_are_refused():
+    s = EpsSchedule(2.0, 0.5, 12, clean_tail=False)
+    assert s(0) == 2.0 and s(9) == pytest.approx(0.5) and s(10) == s(11) == 0.5
+    with pytest.raises(ValueError, match="eps_min <= eps_max"):
+        EpsSchedule(0.5, 2.0, 12)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        Adversary("dra", eps=1.0, steps=0)
+    with pytest.raises(ValueError, match="use replay='concat'"):
+        Finetune(Adversary("dra", eps=1.0, steps=2), replay="alternating", constrained=True,
+                 constraint_data=(torch.rand(2, 1, 4, 4), torch.tensor([0, 1])), std_model=nn.Linear(1, 1))
+
+
+def test_a_finetune_from_another_theta_std_is_refused(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    train_method(cfg, "control", progress=False)
+    from robustlib.models import build_model, model_spec
+    torch.manual_seed(123)                                # replace theta_std by other weights ...
+    path = tmp_path / "checkpoints" / "vanilla.pt"
+    state = torch.load(path, weights_only=True)
+    state["state_dict"] = build_model(**model_spec(cfg.profile)).state_dict()
+    torch.save(state, path)
+    with pytest.raises(robustlib.RobustlibError, match="was made with theta_std="):
+        train_method(cfg, "control", progress=False)      # ... so the old fine-tune no longer applies

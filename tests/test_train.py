@@ -105,3 +105,10 @@ def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
         pretrain(changed, progress=False)
     model, _ = pretrain(changed, progress=False, retrain=True)      # asked for explicitly: trains again
     assert model is not None
+
+
+def test_resuming_with_another_number_of_epochs_is_refused(tmp_path):
+    model, loader, _ = _setup()
+    fit(model, loader, epochs=2, lr=0.05, progress=False, run_dir=tmp_path, name="m")
+    with pytest.raises(RobustlibError, match="belongs to a 2-epoch run, not 3"):
+        fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path, name="m")
