@@ -106,11 +106,7 @@ def fit(
     if last_path is not None and resume and last_path.exists():
         state = load_torch(last_path)
         _check_meta(state, meta, last_path)
-        made, now = state.get("profile_fields") or {}, meta.get("profile_fields") or {}
-        for f in meta.get("check_fields", ()):
-            if f in made and f in now and tuple(map(str, [made[f]])) != tuple(map(str, [now[f]])):
-                raise RobustlibError(f"{last_path} was trained with {f}={made[f]!r} but this run says {now[f]!r}; "
-                                     f"pass retrain=True (or --retrain) to start again, or use another run_dir")
+        check_settings(state, meta.get("profile_fields") or {}, meta.get("check_fields", ()), last_path)
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -182,13 +178,12 @@ FINETUNE_FIELDS = PRETRAIN_FIELDS + ("ft_epochs", "ft_lr", "ft_lr_schedule", "ft
                                      "mart_beta", "baseline_init", "lam_lr")
 
 
-def check_settings(state: dict, profile, fields, path) -> None:
-    """Refuse a checkpoint trained with other settings than the profile asks for (names the first one)."""
+def check_settings(state: dict, now: dict, fields, path) -> None:
+    """Refuse a checkpoint trained with other settings than ``now`` (profile fields) asks for; names the first."""
     made = state.get("profile_fields") or {}
-    now = profile.as_dict()
     norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
     for f in fields:
-        if f in made and norm(made[f]) != norm(now[f]):
+        if f in made and f in now and norm(made[f]) != norm(now[f]):
             raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
                                  f"pass retrain=True (or --retrain) to train it again, or use another run_dir")
 
@@ -232,7 +227,7 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str
                              f"delete it or pass retrain=True") from None
     meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scheduler")}
     if profile is not None:
-        check_settings(state, profile, fields, path)
+        check_settings(state, profile.as_dict(), fields, path)
     return model.to(device).eval(), meta
 
 
