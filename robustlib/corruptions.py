@@ -32,19 +32,29 @@ elastic with the recipe's two resamplings to about 0.003 mean absolute differenc
 
 One quirk is the recipe's own: motion blur severities 3 and 4, (radius 6, sigma 2) and (8, 2), differ only
 in taps beyond 6 sigma, so their outputs agree to float precision (1e-7).
+
+The official files. For CIFAR-10 itself, :func:`load_cifar10c` reads the released CIFAR-10-C arrays (all 19
+corruptions, memory-mapped). :func:`corruption_table` (on the fly) and :func:`cifar10c_table` (official files)
+give the accuracy of several models in one long DataFrame; :func:`summarise_corruptions` makes it wide.
 """
 from __future__ import annotations
 
 import io
 import math
 from numbers import Integral
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from .data import ImageData, to_float
+from .io import RobustlibError
 
 RECIPE_SIZE = 32   # make_cifar_c.py's constants are for 32x32 images
 
@@ -287,3 +297,232 @@ def corrupt(x: torch.Tensor, name: str, severity: int, *, seed: int = 0) -> torc
     with torch.no_grad():
         out = CORRUPTIONS[name](work, int(severity), torch.Generator().manual_seed(seed))
     return out.clamp(0, 1).to(x.dtype)    # the clamp guards float round-off of the blurs (1 + 1e-7)
+
+
+# --- the official CIFAR-10-C files ------------------------------------------------------------------------
+
+# Hendrycks & Dietterich (2019), Table 1 / Figure 1: the 15 benchmark corruptions (noise, blur, weather,
+# digital), in the paper's order; mCE and relative mCE average over these.
+CIFAR10C_BENCHMARK: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+# Appendix "extra corruptions": released for validation, not part of the benchmark average
+CIFAR10C_EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+CIFAR10C_CORRUPTIONS: tuple[str, ...] = CIFAR10C_BENCHMARK + CIFAR10C_EXTRA   # the 19 ``<name>.npy`` stems
+CIFAR10C_URL = "https://zenodo.org/record/2535967"
+_CIFAR10C_FOLDERS = ("CIFAR-10-C", "cifar10-c", ".")     # under the data root, in the order searched
+_TABLE_COLUMNS = ["corruption", "severity", "model", "accuracy", "n"]
+
+
+def find_cifar10c(root: str | Path) -> Path | None:
+    """The folder holding the official CIFAR-10-C files under ``root``, or None if there is none.
+
+    Looks for ``labels.npy`` in ``root/CIFAR-10-C``, ``root/cifar10-c`` and ``root`` itself, in that order, so
+    a notebook can decide whether to use the official files or fall back to :func:`corrupt`.
+
+    Example
+    -------
+    >>> find_cifar10c("/nonexistent") is None
+    True
+    """
+    for sub in _CIFAR10C_FOLDERS:
+        folder = Path(root) / sub
+        if (folder / "labels.npy").is_file():
+            return folder if sub != "." else Path(root)
+    return None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """``np.load`` memory-mapped (nothing is read until sliced), with a one-line error for a bad file."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except Exception as e:   # not .npy, truncated, or pickled objects: all mean "not the official file"
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise RobustlibError(f"cannot read {path} ({first}); replace it with the file from CIFAR-10-C.tar "
+                             f"({CIFAR10C_URL})") from None
+
+
+def load_cifar10c(root: str | Path, corruption: str, severity: int | None = None,
+                  limit: int | None = None) -> ImageData:
+    """One corruption of the official CIFAR-10-C release (Hendrycks & Dietterich, 2019), read lazily.
+
+    The release (``CIFAR-10-C.tar``, zenodo record 2535967) holds ``<corruption>.npy``, a uint8 array
+    (50000, 32, 32, 3) in HWC order: the 10,000 CIFAR-10 test images, in test-set order, at severity 1, then
+    all of them at severity 2, ... up to 5; and ``labels.npy`` (50000,), the test labels five times over.
+    Files are memory-mapped, so one severity reads 30 MB of the 150 MB file.
+
+    Parameters
+    ----------
+    root : data root; the files may be in ``root/CIFAR-10-C``, ``root/cifar10-c`` or ``root`` itself.
+    corruption : one of :data:`CIFAR10C_CORRUPTIONS` (the 15 of :data:`CIFAR10C_BENCHMARK` and 4 extras).
+    severity : 1 (mildest) to 5 for that block, or None for all five blocks in order (5 x 10,000 images).
+    limit : keep the first ``limit`` images of each severity block (deterministic: the first test images,
+        the same ones at every severity); None keeps all. With ``severity=None`` that is ``5 * limit``.
+
+    Returns
+    -------
+    ImageData named ``"cifar10"`` with split ``"cifar10-c/<corruption>/<severity>"`` (``.../1-5`` for all),
+    ``x`` uint8 (N, 3, 32, 32) CHW and ``y`` int64 (N,).
+
+    Example
+    -------
+    >>> d = load_cifar10c("data", "fog", severity=5, limit=100) if find_cifar10c("data") else None
+    """
+    if corruption not in CIFAR10C_CORRUPTIONS:
+        raise RobustlibError(f"unknown CIFAR-10-C corruption {corruption!r}; choose one of "
+                             f"{', '.join(CIFAR10C_CORRUPTIONS)}")
+    if severity is not None and (isinstance(severity, bool) or not isinstance(severity, Integral)
+                                 or not 1 <= severity <= 5):
+        raise RobustlibError(f"severity must be an integer from 1 to 5 or None (all five), got {severity!r}; "
+                             f"pass one of 1, 2, 3, 4, 5")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 0):
+        raise RobustlibError(f"limit must be None or an integer >= 0, got {limit!r}; pass the number of "
+                             f"images to keep per severity")
+    folder = find_cifar10c(root)
+    if folder is None:
+        looked = ", ".join(str(Path(root) / sub) if sub != "." else str(Path(root)) for sub in _CIFAR10C_FOLDERS)
+        raise RobustlibError(f"CIFAR-10-C not found under {root} (looked in {looked} for labels.npy); download "
+                             f"CIFAR-10-C.tar from {CIFAR10C_URL} and extract it there, or pass data_root=...")
+    path = folder / f"{corruption}.npy"
+    if not path.is_file():
+        raise RobustlibError(f"{path} not found (the folder has labels.npy); extract {corruption}.npy from "
+                             f"CIFAR-10-C.tar ({CIFAR10C_URL}) into {folder}")
+    images, labels = _load_npy(path), _load_npy(folder / "labels.npy")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) % 5:
+        raise RobustlibError(f"{path} holds {images.dtype} {tuple(images.shape)}; expected uint8 (5*n, 32, 32, 3) "
+                             f"(HWC, severities 1..5 one after another, n = 10000 in the official release); "
+                             f"replace it with the file from CIFAR-10-C.tar")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+        raise RobustlibError(f"{folder / 'labels.npy'} holds {labels.dtype} {tuple(labels.shape)} but {path.name} "
+                             f"holds {len(images)} images; expected integer labels ({len(images)},): extract both "
+                             f"from the same CIFAR-10-C.tar")
+    per = len(images) // 5
+    keep = per if limit is None else min(limit, per)
+    blocks = range(5) if severity is None else [severity - 1]
+    # slicing the memory map reads only these rows; the copy leaves no view into the file
+    x = np.concatenate([images[b * per:b * per + keep] for b in blocks]).transpose(0, 3, 1, 2)
+    y = np.concatenate([labels[b * per:b * per + keep] for b in blocks]).astype(np.int64)
+    split = f"cifar10-c/{corruption}/{'1-5' if severity is None else int(severity)}"
+    return ImageData("cifar10", split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+
+
+# --- accuracy tables ----------------------------------------------------------------------------------------
+
+def _clean_rows(models: dict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[dict]:
+    from .evaluate import accuracy   # evaluate may come to import this module
+
+    return [{"corruption": "clean", "severity": 0, "model": m, "accuracy": accuracy(model, x, y, batch_size=batch_size),
+             "n": len(y)} for m, model in models.items()]
+
+
+def corruption_table(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                     names: list[str] | None = None, severities=(1, 2, 3, 4, 5), seed: int = 0,
+                     batch_size: int = 512) -> pd.DataFrame:
+    """Accuracy of every model on ``x`` under every corruption of the on-the-fly suite, and clean.
+
+    Each corrupted set is computed once, batch by batch (batch ``k`` with ``corrupt(..., seed=seed + k)``),
+    and shared by all models, so models are compared on the very same images; the same call gives the same
+    table. Changing ``batch_size`` changes which random draws fall on which image.
+
+    Parameters
+    ----------
+    models : name -> model taking (N, C, H, W) in [0, 1]; column order of :func:`summarise_corruptions`.
+    x : images (N, C, H, W), float in [0, 1] or uint8; C = 1 or 3.
+    y : labels (N,).
+    names : keys of :data:`CORRUPTIONS`; None for all eleven.
+    severities : severities to run, each 1 to 5.
+    seed : seed of the random corruptions (noise, blur direction, warp).
+    batch_size : images per corruption call and per forward pass.
+
+    Returns
+    -------
+    Long DataFrame, one row per (corruption, severity, model): corruption, severity, model, accuracy in
+    [0, 1], n. The first rows, one per model, are ``("clean", 0)``: accuracy on ``x`` itself.
+
+    Example
+    -------
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    >>> t = corruption_table({"m": model}, torch.rand(8, 1, 8, 8), torch.arange(8), names=["contrast"])
+    >>> t.shape
+    (6, 5)
+    """
+    from .evaluate import accuracy
+
+    names = list(CORRUPTIONS) if names is None else list(names)
+    for name in names:                   # fail before any work is done
+        if name not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+    for s in severities:
+        if isinstance(s, bool) or not isinstance(s, Integral) or not 1 <= s <= 5:
+            raise ValueError(f"severities must be integers from 1 to 5, got {s!r}; pass e.g. (1, 2, 3, 4, 5)")
+    x, y = to_float(x), y.cpu()
+    rows = _clean_rows(models, x, y, batch_size)
+    for name in names:
+        for s in severities:
+            xc = torch.cat([corrupt(x[i:i + batch_size], name, int(s), seed=seed + k)
+                            for k, i in enumerate(range(0, len(x), batch_size))]) if len(x) else x
+            rows += [{"corruption": name, "severity": int(s), "model": m,
+                      "accuracy": accuracy(model, xc, y, batch_size=batch_size), "n": len(y)}
+                     for m, model in models.items()]
+    return pd.DataFrame(rows, columns=_TABLE_COLUMNS)
+
+
+def cifar10c_table(models: dict[str, nn.Module], root: str | Path, *, names: list[str] | None = None,
+                   severities=(1, 2, 3, 4, 5), limit: int | None = None, batch_size: int = 512,
+                   clean: tuple[torch.Tensor, torch.Tensor] | ImageData | None = None) -> pd.DataFrame:
+    """Accuracy of every model on the official CIFAR-10-C files, in the long format of :func:`corruption_table`.
+
+    Parameters
+    ----------
+    models : name -> model taking (N, 3, 32, 32) in [0, 1].
+    root : data root for :func:`load_cifar10c`.
+    names : stems of :data:`CIFAR10C_CORRUPTIONS`; None for the 15 of :data:`CIFAR10C_BENCHMARK`.
+    severities : severities to run, each 1 to 5.
+    limit : the first ``limit`` test images of each severity (see :func:`load_cifar10c`); None for all 10,000.
+    batch_size : images per forward pass.
+    clean : the clean CIFAR-10 test set, ``(x, y)`` or an ImageData, for the ``("clean", 0)`` rows; cut to
+        its first ``limit`` images, which are the images CIFAR-10-C corrupts. None: no clean rows.
+
+    Returns
+    -------
+    Long DataFrame: corruption, severity, model, accuracy in [0, 1], n.
+
+    Example
+    -------
+    >>> t = cifar10c_table({"m": model}, "data", limit=1000) if find_cifar10c("data") else None
+    """
+    from .evaluate import accuracy
+
+    names = list(CIFAR10C_BENCHMARK) if names is None else list(names)
+    rows = []
+    if clean is not None:
+        cx, cy = (clean.x, clean.y) if isinstance(clean, ImageData) else clean
+        rows = _clean_rows(models, to_float(cx[:limit]), cy[:limit].cpu(), batch_size)
+    for name in names:
+        for s in severities:
+            data = load_cifar10c(root, name, s, limit)      # read once, shared by all models
+            xc = data.float_x()
+            rows += [{"corruption": name, "severity": int(s), "model": m,
+                      "accuracy": accuracy(model, xc, data.y, batch_size=batch_size), "n": len(data)}
+                     for m, model in models.items()]
+    return pd.DataFrame(rows, columns=_TABLE_COLUMNS)
+
+
+def summarise_corruptions(long_df: pd.DataFrame) -> pd.DataFrame:
+    """Wide table from :func:`corruption_table` or :func:`cifar10c_table`: mean accuracy over severities.
+
+    One row per corruption in the order met (``clean`` first if present), one column per model in the order
+    met, and a last row ``mean``: the mean over the corruption rows, clean excluded (the paper's average over
+    corruptions, of accuracy rather than of corruption error).
+    """
+    models = list(pd.unique(long_df["model"]))
+    names = list(pd.unique(long_df["corruption"]))
+    if "clean" in names:
+        names.remove("clean")
+        names.insert(0, "clean")
+    wide = long_df.groupby(["corruption", "model"])["accuracy"].mean().unstack("model")
+    wide = wide.reindex(index=names, columns=models)
+    wide.loc["mean"] = wide.drop(index="clean", errors="ignore").mean()
+    wide.index.name, wide.columns.name = "corruption", "model"
+    return wide

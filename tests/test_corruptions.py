@@ -15,13 +15,7 @@ RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "elast
 SIZES = [(1, 8), (1, 28), (3, 32)]                         # (channels, side): digits, Fashion-MNIST, CIFAR-10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tensors here are tiny: on a shared 2-core machine two torch threads mostly wait for each other
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
