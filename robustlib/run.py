@@ -74,6 +74,15 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
         print(f" done in {seconds:.0f} s", flush=True)
         timings[nb.stem] = {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device)}
         write_json(cfg.path("timings.json"), timings)
+    try:   # the report only reads what the notebooks wrote: its failure must not cost their results
+        from .report import build_report
+
+        report = build_report(cfg)
+        print(f"report: {report} (and {report.with_suffix('.html').name})", flush=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"warning: report not built ({type(e).__name__}: {first[:200]}); the notebooks' results are intact",
+              flush=True)
     print(f"results in {cfg.run_dir}:")
     for sub in ("notebooks", "figures", "tables", "metrics", "checkpoints"):
         if cfg.path(sub).is_dir():

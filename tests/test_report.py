@@ -1,0 +1,225 @@
+"""The run report: each claim's rule on known numbers, and a whole report built from a fake run directory."""
+import base64
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+import robustlib
+from robustlib import report
+from robustlib.io import write_csv, write_json, write_text
+from robustlib.report import FAILS, HOLDS, PARTLY, UNTESTED
+
+# a 1x1 PNG
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return robustlib.get_profile("quick")          # main_eps "0.1", dataset digits
+
+
+@pytest.fixture(scope="module")
+def cifar(digits):
+    return dataclasses.replace(digits, dataset="cifar10")
+
+
+def methods(ours=(0.990, 0.70), vanilla=(0.995, 0.50), trades=((0.980, 0.65), (0.992, 0.60))):
+    rows = [("Vanilla", *vanilla), ("Control", 0.996, 0.51), ("Madry", 0.98, 0.80), ("Ours", *ours)]
+    rows += [(f"TRADES (1/λ={b})", *t) for b, t in zip((1, 0.1), trades)]
+    return pd.DataFrame(rows, columns=["method", "natural", "pgd@0.1"]).assign(**{"pgd@0.2": 0.1})
+
+
+def table_v(dra=(0.6, 0.55, 0.7), pgd=(0.5, 0.5, 0.6)):
+    rows = [(f"{t} + {a}", t, a, 0.9, r) for t, d, p in zip(("Madry", "TRADES", "Ours"), dra, pgd)
+            for a, r in (("PGD", p), ("DRA", d))]
+    return pd.DataFrame(rows, columns=["method", "training", "adversary", "natural", "pgd@0.1"])
+
+
+def p_sweep(r=(0.50, 0.60, 0.68, 0.69, 0.70)):
+    ps = [(0.0, "0"), (1 / 6, "1/6"), (1 / 3, "1/3"), (0.5, "1/2"), (1.0, "1")]
+    return pd.DataFrame([(p, lab, 0.99 - 0.01 * i, v) for i, ((p, lab), v) in enumerate(zip(ps, r))],
+                        columns=["p", "label", "natural", "pgd@0.1"])
+
+
+def backbones(gains=(0.1, 0.2, 0.3)):
+    rows = []
+    for i, g in enumerate(gains):
+        rows += [(f"net{i}", "Vanilla", 0.99, 0.4), (f"net{i}", "Ours", 0.99, 0.4 + g)]
+    return pd.DataFrame(rows, columns=["backbone", "method", "natural", "pgd@0.1"])
+
+
+def corruptions(ours=(0.80, 0.70, 0.60), vanilla=(0.70, 0.60, 0.65)):
+    names = ["gaussian_noise", "snow", "fog", "frost"][:len(ours)]
+    rows = [("clean", 0.99, 0.99)] + list(zip(names, ours, vanilla))
+    rows.append(("mean", sum(ours) / len(ours), sum(vanilla) / len(ours)))
+    df = pd.DataFrame(rows, columns=["corruption", "Ours", "Vanilla"])
+    return df.assign(source="on-the-fly suite")
+
+
+def test_keeps_accuracy(digits):
+    v = report.claim_keeps_accuracy({"03_methods.csv": methods()}, digits)
+    assert v.verdict == HOLDS and "Ours 99.0% vs Vanilla 99.5% natural" in v.numbers
+    assert "pgd@0.1 70.0% vs 50.0%" in v.numbers and "Control" in v.numbers and v.source == "03_methods.csv"
+    assert report.claim_keeps_accuracy({"03_methods.csv": methods(ours=(0.98, 0.7))}, digits).verdict == PARTLY
+    assert report.claim_keeps_accuracy({"03_methods.csv": methods(ours=(0.98, 0.5))}, digits).verdict == FAILS
+    v = report.claim_keeps_accuracy({}, digits)
+    assert v.verdict == UNTESTED and "03_methods.csv not produced" in v.numbers
+
+
+def test_missing_column_is_named_not_a_crash(digits):
+    v = report.claim_keeps_accuracy({"03_methods.csv": methods().drop(columns="pgd@0.1")}, digits)
+    assert v.verdict == UNTESTED and "'pgd@0.1'" in v.numbers and "pgd@0.2" in v.numbers
+    v = report.claim_keeps_accuracy({"03_methods.csv": methods().query("method != 'Ours'")}, digits)
+    assert v.verdict == UNTESTED and "'Ours'" in v.numbers
+
+
+def test_beats_trades_only_judged_on_cifar10(digits, cifar):
+    t = {"03_methods.csv": methods()}
+    assert report.claim_beats_trades(t, cifar).verdict == PARTLY          # loses natural to TRADES (1/λ=0.1)
+    win = {"03_methods.csv": methods(ours=(0.995, 0.7))}
+    v = report.claim_beats_trades(win, cifar)
+    assert v.verdict == HOLDS and "beats 2 of 2" in v.numbers
+    lose = {"03_methods.csv": methods(ours=(0.97, 0.55))}
+    assert report.claim_beats_trades(lose, cifar).verdict == FAILS
+    v = report.claim_beats_trades(win, digits)
+    assert v.verdict == UNTESTED and "the claim is about CIFAR-10; on digits" in v.numbers
+    assert "TRADES (1/λ=1) 98.0% / 65.0%" in v.numbers
+
+
+def test_dra_beats_pgd(digits):
+    assert report.claim_dra_beats_pgd({"04_table_v.csv": table_v()}, digits).verdict == HOLDS
+    v = report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.6, 0.4, 0.5))}, digits)
+    assert v.verdict == PARTLY and "Madry: DRA 60.0% vs PGD 50.0%" in v.numbers
+    assert report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.4, 0.4, 0.5))}, digits).verdict == FAILS
+    tie = report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.5, 0.5, 0.6))}, digits)
+    assert tie.verdict == FAILS                     # equal is not better
+    assert report.claim_dra_beats_pgd({}, digits).verdict == UNTESTED
+
+
+def test_p_saturates(digits):
+    fig4 = pd.DataFrame({"share of p=1 reached at p=1/3": [0.8, 0.9]})
+    v = report.claim_p_saturates({"04_p_sweep.csv": p_sweep(), "01_fig4_saturation.csv": fig4}, digits)
+    assert v.verdict == HOLDS and "50.0% / 68.0% / 70.0%" in v.numbers and "80.0%-90.0%" in v.numbers
+    assert "natural at p=1/3 97.0% vs p=1 95.0%" in v.numbers
+    still_climbing = p_sweep((0.5, 0.52, 0.55, 0.62, 0.70))
+    assert report.claim_p_saturates({"04_p_sweep.csv": still_climbing}, digits).verdict == PARTLY
+    # 40% of the p=0 -> p=1 gain comes after p = 1/3: more than the quarter the rule allows
+    assert report.claim_p_saturates({"04_p_sweep.csv": p_sweep((0.5, 0.55, 0.62, 0.66, 0.7))}, digits).verdict == PARTLY
+    assert report.claim_p_saturates({"04_p_sweep.csv": p_sweep((0.5, 0.5, 0.5, 0.6, 0.7))}, digits).verdict == FAILS
+    flat = p_sweep((0.5,) * 5)                    # "saturated" from the start: DRA fine-tune adds nothing
+    assert report.claim_p_saturates({"04_p_sweep.csv": flat}, digits).verdict == FAILS
+    v = report.claim_p_saturates({"01_fig4_saturation.csv": fig4}, digits)
+    assert v.verdict == UNTESTED and "04_p_sweep.csv not produced" in v.numbers and "Fig. 4" in v.numbers
+
+
+def test_bigger_backbones_gain_more(digits):
+    v = report.claim_bigger_gains_more({"04_backbones.csv": backbones()}, digits)
+    assert v.verdict == HOLDS and "net0 +10.0, net1 +20.0, net2 +30.0" in v.numbers
+    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1, 0.3, 0.2))}, digits).verdict == PARTLY
+    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1, 0.1, 0.3))}, digits).verdict == PARTLY
+    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.3, 0.1, 0.2))}, digits).verdict == FAILS
+    v = report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1,))}, digits)
+    assert v.verdict == UNTESTED and "need 2" in v.numbers
+
+
+def test_corruptions(digits):
+    v = report.claim_corruptions({"05_corruptions.csv": corruptions()}, digits)
+    assert v.verdict == HOLDS and "better on 2 of 3 corruptions" in v.numbers and "on-the-fly suite" in v.numbers
+    worse = corruptions(ours=(0.6, 0.5, 0.7), vanilla=(0.7, 0.6, 0.65))
+    assert report.claim_corruptions({"05_corruptions.csv": worse}, digits).verdict == FAILS
+    one_big_win = corruptions(ours=(0.9, 0.59, 0.6), vanilla=(0.5, 0.6, 0.65))
+    assert report.claim_corruptions({"05_corruptions.csv": one_big_win}, digits).verdict == PARTLY
+    exactly_half = corruptions(ours=(0.9, 0.9, 0.5, 0.5), vanilla=(0.6, 0.6, 0.6, 0.6))   # 2 of 4 is not "more"
+    v = report.claim_corruptions({"05_corruptions.csv": exactly_half}, digits)
+    assert v.verdict == PARTLY and "better on 2 of 4" in v.numbers
+
+
+def test_every_claim_has_a_documented_rule():
+    assert len(report.CLAIMS) == 6
+    for rule in report.CLAIMS:
+        assert rule.text and rule.source.endswith(".csv") and "holds" in rule.__doc__.lower()
+
+
+def test_markdown_table_formats_accuracies_only():
+    df = pd.DataFrame({"method": ["a|b"], "eps": [0.1], "p": [1 / 3], "n": [120], "natural": [0.99444],
+                       "pgd@8/255": [0.5], "success_rate": [0.25], "seconds": [1234.56]})
+    lines = report.markdown_table(df).splitlines()
+    assert lines[0] == "| method | eps | p | n | natural | pgd@8/255 | success_rate | seconds |"
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| a\\|b | 0.1 | 0.3333 | 120 | 99.4% | 50.0% | 25.0% | 1234.6 |"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    cfg = robustlib.setup("quick", run_dir=str(tmp_path), device="cpu")
+    write_csv(tmp_path / "tables" / "03_methods.csv", methods())
+    write_csv(tmp_path / "tables" / "03_methods_vs_paper.csv",
+              pd.DataFrame({"method": ["Ours"], "paper": [0.98], "measured": [0.97]}))
+    write_csv(tmp_path / "tables" / "04_table_v.csv", table_v(dra=(0.4, 0.4, 0.5)))
+    write_csv(tmp_path / "tables" / "02_pretraining.csv", pd.DataFrame({"method": ["Vanilla"], "natural": [0.99]}))
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "03_tradeoff.png").write_bytes(PNG)
+    write_json(tmp_path / "timings.json", {"02_pretraining": {"seconds": 9.5, "smoke": True, "device": "cpu"},
+                                           "03_transfer_finetune": {"seconds": 100.25, "smoke": True, "device": "cpu"}})
+    write_json(tmp_path / "calibration.json", {"dra_eps": 2.0, "pgd_eps": 0.055})
+    printed = str(dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_steps=999))) + "\n"
+    nb = {"cells": [{"cell_type": "markdown", "source": ["# 03 · The fine-tune\n", "text"]},
+                    {"cell_type": "code", "source": "print(cfg)", "execution_count": 2,
+                     "outputs": [{"output_type": "stream", "name": "stdout", "text": printed}]}],
+          "metadata": {"papermill": {"end_time": "2026-01-02T03:04:05.6+00:00", "exception": None}}}
+    write_text(tmp_path / "notebooks" / "03_transfer_finetune.ipynb", json.dumps(nb))
+    return cfg
+
+
+def test_build_report(run_dir):
+    path = report.build_report(run_dir)
+    md = path.read_text()
+    assert path == run_dir.path("report.md")
+    # the ledger comes first, before any notebook section
+    assert md.index("## Claims ledger") < md.index("## 02_pretraining") < md.index("## 03 · The fine-tune")
+    assert "| The fine-tune keeps clean accuracy while adding robustness | **holds** |" in md
+    assert "Table V) | **does not hold** |" in md
+    assert "table 05_corruptions.csv not produced" in md
+    # per notebook: wall time, title from the executed notebook, tables in percent, paper tables, figures
+    assert "9.5 s on cpu" in md and "finished 2026-01-02 03:04:05 UTC" in md
+    assert "| Vanilla | 99.5% |" in md
+    assert "> **Measured beside the paper**: [`tables/03_methods_vs_paper.csv`]" in md
+    assert "![03_tradeoff](figures/03_tradeoff.png)" in md
+    # settings, with the drift between the profile now and what the notebook printed
+    assert "## Exact settings" in md and "| main_eps | 0.1 |" in md and "| pgd_eps | 0.055 |" in md
+    assert f"| dra_steps | {run_dir.profile.dra_steps} | 999 | 03 |" in md
+    assert "Settings changed since the notebooks ran** (fields dra_steps)" in md
+    assert "## Software" in md and "| torch |" in md and "| CPU count |" in md and "| papermill |" in md
+    assert "| **total** | 109.8 |" in md and "Total: 109.8 s" in md
+    assert "Smoke run" in md
+    page = run_dir.path("report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="figures/03_tradeoff.png"' in page
+
+
+def test_build_report_on_an_empty_run_dir(tmp_path):
+    cfg = robustlib.setup("quick", run_dir=str(tmp_path), device="cpu")
+    md = report.build_report(cfg).read_text()
+    assert md.count(f"**{UNTESTED}**") == 6 and "Total: 0.0 s" in md
+
+
+def test_run_sequence_survives_a_failing_report(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import papermill
+
+    from robustlib import run
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, **kw: shutil.copy(src, dst))
+    out = run.run_sequence("quick", run_dir=str(tmp_path), only=["02"], device="cpu")
+    assert (out / "report.md").exists() and "report.md" in capsys.readouterr().out
+
+    def broken(cfg):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    run.run_sequence("quick", run_dir=str(tmp_path), only=["02"], device="cpu")
+    printed = capsys.readouterr().out
+    assert "warning: report not built (ValueError: boom); the notebooks' results are intact" in printed
+    assert "results in" in printed and "second line" not in printed
