@@ -120,7 +120,8 @@ def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> pd.DataFrame:
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
-                    steps: int = 20, batch_size: int = 256, seed: int = 0, state_dir=None) -> tuple[dict, torch.Tensor]:
+                    steps: int = 20, batch_size: int = 256, seed: int = 0, state_dir=None,
+                    autoattack_attacks=None) -> tuple[dict, torch.Tensor]:
     """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol.
 
     Protocols
@@ -128,6 +129,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     ``paper``  : PGD with ``steps`` steps of eps/steps from the clean point (Section V.A: 20 steps of eps/20).
     ``strong`` : per example, the worst case of PGD (random start, step 2.5*eps/steps) and AutoAttack
                  (standard, Linf); AutoAttack runs only on the points PGD did not break.
+                 ``autoattack_attacks`` (e.g. ``("apgd-ce", "apgd-t")``) narrows AutoAttack to a subset
+                 of its attacks; the settings string then names them.
 
     Returns
     -------
@@ -151,8 +154,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
         parts = {}
     else:
         step = 2.5 * eps_value / steps
+        aa_name = ("AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square" if autoattack_attacks is None
+                   else f"AutoAttack subset ({', '.join(a.upper() for a in autoattack_attacks)}")
         settings = (f"worst of PGD-{steps} (eps={label}, step=2.5*{label}/{steps}, random start, seed {seed}) "
-                    f"and AutoAttack (standard, Linf, eps={label})")
+                    f"and {aa_name}; Linf, eps={label})")
         xp = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps_value, steps=steps, step_size=step,
                         random_start=True, seed=seed)
         broke = ok & (predict(model, xp) != y)
@@ -160,7 +165,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
         parts = {"pgd_rs_acc": ok.float().mean().item()}
         if ok.any():
             xa = autoattack(model, x[ok], y[ok], eps=eps_value, norm="Linf", batch_size=batch_size, seed=seed,
-                            state_dir=state_dir)
+                            state_dir=state_dir, attacks=autoattack_attacks)
             idx = ok.nonzero().squeeze(1)
             broke_aa = predict(model, xa) != y[ok]
             x_adv[idx[broke_aa]] = xa[broke_aa]

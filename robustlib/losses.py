@@ -213,15 +213,21 @@ class Finetune(Objective):
     mode, on the same fixed sample of training images (``constraint_data``). λ is logged and checkpointed.
     """
 
-    def __init__(self, adversary: Adversary, *, replay: str = "concat", constrained: bool = False,
+    def __init__(self, adversary: Adversary, *, replay: str = "concat", ratio: float = 1.0, constrained: bool = False,
                  constraint_data=None, std_model: nn.Module | None = None, lam: float = 1.0, lam_lr: float = 1.0):
         if replay not in ("concat", "alternating"):
             raise ValueError(f"replay must be 'concat' or 'alternating', got {replay!r}")
+        if not ratio >= 0:
+            raise ValueError(f"ratio is the clean:adversarial weight and must be >= 0, got {ratio!r}")
+        if constrained and ratio != 1.0:
+            raise ValueError("the constrained fine-tune sets the clean weight by dual ascent; leave ratio=1")
         if constrained and replay == "alternating":
             raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
         if constrained and (constraint_data is None or std_model is None):
             raise ValueError("the constrained fine-tune needs constraint_data=(x, y) and std_model=theta_std")
         self.adversary, self.replay, self.constrained = adversary, replay, constrained
+        # weights with mean 1: ratio 1 is the paper's 1:1 replay, the plain mean of the two losses
+        self.w_clean, self.w_adv = 2 * ratio / (1 + ratio), 2 / (1 + ratio)
         self.constraint_data, self.lam, self.lam_lr = constraint_data, lam, lam_lr
         self.std_loss = self.clean_loss(std_model) if constrained else None
 
@@ -236,16 +242,16 @@ class Finetune(Objective):
     def __call__(self, model, x, y, epoch):
         clean_only = self.adversary.eps_at(epoch) == 0
 
-        def clean_update():
+        def clean_update(weight=1.0):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            return loss, logits, {"clean_loss": loss.detach()}
+            return weight * loss, logits, {"clean_loss": loss.detach()}
 
         def adv_update():
             x_adv = self.adversary(model, x, y, epoch=epoch)
             logits = model(x_adv)
             loss = F.cross_entropy(logits, y)
-            return loss, logits, {"adv_loss": loss.detach()}
+            return self.w_adv * loss, logits, {"adv_loss": loss.detach()}
 
         def joint_update():
             x_adv = self.adversary(model, x, y, epoch=epoch)
@@ -253,13 +259,13 @@ class Finetune(Objective):
             clean = F.cross_entropy(logits[:len(x)], y)
             adv = F.cross_entropy(logits[len(x):], y)
             weight = self.lam if self.constrained else 1.0
-            loss = (adv + weight * clean) if self.constrained else (clean + adv) / 2
+            loss = (adv + weight * clean) if self.constrained else (self.w_clean * clean + self.w_adv * adv) / 2
             return loss, logits[:len(x)], {"clean_loss": clean.detach(), "adv_loss": adv.detach()}
 
         if clean_only:
             return [clean_update]
         if self.replay == "alternating":
-            return [clean_update, adv_update]
+            return [lambda: clean_update(self.w_clean), adv_update]
         return [joint_update]
 
     def end_epoch(self, model: nn.Module, row: dict) -> dict:

@@ -16,7 +16,7 @@ from .evaluate import accuracy, parse_eps, robust_accuracy, run_attack
 from .io import RobustlibError
 from .losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
 from .models import build_model, model_spec
-from .train import FINETUNE_FIELDS, fit, load_checkpoint, make_train_loader, pretrain, run_meta
+from .train import FINETUNE_FIELDS, fit, load_checkpoint, make_train_loader, pretrain, run_meta, vanilla_name
 
 METHODS = ("vanilla", "control", "madry", "madry-mix", "trades", "mart", "ours", "ours-constrained")
 DEFAULT_ADVERSARY = {"madry": "pgd", "madry-mix": "pgd", "trades": "pgd", "mart": "pgd",
@@ -40,12 +40,15 @@ def make_adversary(profile, method: str, name: str, epochs: int) -> Adversary:
     raise RobustlibError(f"unknown adversary {name!r}; use pgd or dra")
 
 
-def run_name(method: str, seed: int, adversary: str | None = None, beta: float | None = None) -> str:
+def run_name(method: str, seed: int, adversary: str | None = None, beta: float | None = None, tag: str = "") -> str:
+    """``trades-b1-s0``, ``madry-dra-s0``, ``ours-p0-s2``: the checkpoint and metrics name of one run."""
     parts = [method]
     if adversary and adversary != DEFAULT_ADVERSARY.get(method):
         parts.append(adversary)
     if beta is not None:
         parts.append(f"b{beta:g}")
+    if tag:
+        parts.append(tag)
     return "-".join(parts) + f"-s{seed}"
 
 
@@ -71,11 +74,13 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
     train, test = data or load_splits(p, cfg.data_root)
     theta_std, vanilla_hist = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
     if method == "vanilla":
-        return {"model": theta_std, "best": theta_std, "history": vanilla_hist, "name": f"vanilla-s{seed}",
+        return {"model": theta_std, "best": theta_std, "history": vanilla_hist, "name": vanilla_name(cfg, seed),
                 "adversary": "none"}
     train, val = split_validation(train, p.val_size, p.seed)
     scratch = method in ("madry", "madry-mix", "trades", "mart") and p.baseline_init == "scratch"
     epochs = p.epochs if scratch else p.ft_epochs
+    if not scratch and p.ft_train_limit:
+        train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
     adv_name = adversary or DEFAULT_ADVERSARY.get(method)
     adv = make_adversary(p, method, adv_name, epochs) if adv_name else None
     if method == "trades":
@@ -88,11 +93,11 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
         "madry-mix": lambda: Madry(adv, mix=True),
         "trades": lambda: Trades(adv, beta),
         "mart": lambda: Mart(adv, beta),
-        "ours": lambda: Finetune(adv, replay=p.ft_replay),
+        "ours": lambda: Finetune(adv, replay=p.ft_replay, ratio=p.ft_replay_ratio),
         "ours-constrained": lambda: Finetune(adv, replay=p.ft_replay, constrained=True, std_model=theta_std,
                                              constraint_data=_constraint_sample(train, seed), lam_lr=p.lam_lr),
     }[method]()
-    name = run_name(method, seed, adversary, beta if method in ("trades", "mart") else None)
+    name = run_name(method, seed, adversary, beta if method in ("trades", "mart") else None, getattr(cfg, "tag", ""))
     meta = {**run_meta(cfg, name), "check_fields": list(FINETUNE_FIELDS),
             "theta_std": "scratch" if scratch else fingerprint(theta_std)}
     final = cfg.path("checkpoints", f"{name}.pt")
@@ -147,13 +152,13 @@ def _constraint_sample(train, seed: int, n: int = 1000):
 
 
 def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, autoattack_eps=None,
-                   autoattack_n: int = 0, state_dir=None, seed: int = 0) -> pd.DataFrame:
+                   autoattack_n: int = 0, autoattack_attacks=None, state_dir=None, seed: int = 0) -> pd.DataFrame:
     """One row per model: natural accuracy and robust accuracy at each eps under both protocols.
 
     Columns: ``natural``; ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
     ``pgd-rs@<eps>`` (PGD-20 with random start, step 2.5*eps/20); and, at ``autoattack_eps`` on the first
     ``autoattack_n`` images, ``strong@<eps>`` (the per-example worst case of PGD-rs and standard Linf
-    AutoAttack on those images). eps labels are kept as written.
+    AutoAttack on those images, or the ``autoattack_attacks`` subset of it). eps labels are kept as written.
     """
     rows = []
     for name, model in models.items():
@@ -169,7 +174,50 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             label = parse_eps(autoattack_eps)[1]
             n = min(autoattack_n, len(y))
             strong, _ = robust_accuracy(model, x[:n], y[:n], eps=autoattack_eps, protocol="strong", seed=seed,
-                                        state_dir=state_dir)
+                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks)
             row[f"strong@{label}"] = strong["robust_acc"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps_list, data=None,
+               retrain: bool = False, progress: bool = False) -> pd.DataFrame:
+    """Train (or load) every row for every seed and evaluate it with :func:`evaluate_table`.
+
+    Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
+    ``cfg.variant(...)``), ``method``, optionally ``adversary`` and ``beta``, and any other keys, which are
+    copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains every row but the vanilla
+    ones again. Returns one row per (row, seed) with the
+    columns ``method`` (= name), ``natural``, ``pgd@<eps>``, ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras.
+    """
+    out = []
+    for seed in seeds:
+        for row in rows:
+            extra = dict(row)
+            name, cfg, method = extra.pop("name"), extra.pop("cfg"), extra.pop("method")
+            adversary, beta = extra.pop("adversary", None), extra.pop("beta", None)
+            res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
+                               retrain=retrain and method != "vanilla")
+            table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
+            out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
+    return pd.concat(out, ignore_index=True)
+
+
+def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and standard deviation over seeds of the accuracy columns (``natural`` and every ``...@eps``).
+
+    The standard deviation is NaN where a group has a single seed (no spread is claimed from one run).
+    """
+    keys = list(keys)
+    metrics = [c for c in per_seed.columns if c not in keys and (c == "natural" or "@" in c)]
+    grouped = per_seed.groupby(keys, sort=False)[metrics]
+    return grouped.mean().reset_index(), grouped.std(ddof=0).where(grouped.count() > 1).reset_index()
+
+
+def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
+    """``"71.0 ± 1.2"`` strings (percent) for display; the CSVs keep the fractions."""
+    keys = list(keys)
+    m, s = mean.set_index(keys), std.set_index(keys)
+    cols = [c for c in m.columns if c == "natural" or "@" in c]
+    fmt = lambda a, b: f"{100 * a:.1f}" + (f" ± {100 * b:.1f}" if pd.notna(b) else "")
+    return pd.DataFrame({c: [fmt(a, b) for a, b in zip(m[c], s[c])] for c in cols}, index=m.index)

@@ -119,3 +119,19 @@ def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, 
     ax.set(title=title, xlabel=f"robust accuracy, {x} (%)", ylabel="natural accuracy (%)")
     ax.legend(fontsize=8, loc="best")
     return finish(fig, run_dir, name)
+
+
+def bar_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str,
+             run_dir=None, name: str, percent: bool = True, rotate: bool = False):
+    """Grouped bars of a tidy DataFrame; several rows per bar (seeds) give the mean and a ±1 sd whisker."""
+    data = df.assign(**{y: 100 * df[y]}) if percent else df
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * data[x].nunique() * (data[hue].nunique() if hue else 1)), 4.0))
+    sns.barplot(data=data, x=x, y=y, hue=hue, errorbar="sd", ax=ax, palette="colorblind" if hue else None)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if rotate:
+        ax.tick_params(axis="x", rotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    if hue:
+        ax.legend(fontsize=8, loc="best")
+    return finish(fig, run_dir, name)

@@ -175,7 +175,8 @@ PRETRAIN_FIELDS = ("dataset", "model", "width", "augment", "train_limit", "epoch
                    "weight_decay", "lr_schedule", "milestones", "val_size")
 FINETUNE_FIELDS = PRETRAIN_FIELDS + ("ft_epochs", "ft_lr", "ft_lr_schedule", "ft_eps_max", "ft_eps_min", "ft_decay",
                                      "ft_clean_tail", "ft_replay", "at_steps", "main_eps", "dra_p", "dra_steps",
-                                     "mart_beta", "baseline_init", "lam_lr")
+                                     "mart_beta", "baseline_init", "lam_lr", "ft_train_limit",
+                                     "ft_replay_ratio")
 
 
 def check_settings(state: dict, now: dict, fields, path) -> None:
@@ -246,7 +247,9 @@ def make_train_loader(cfg, train, *, seed: int | None = None) -> TensorLoader:
 
 def vanilla_name(cfg, seed: int | None = None) -> str:
     """Checkpoint name of theta_std: ``vanilla`` for the profile's seed, ``vanilla-s<seed>`` for others."""
-    return "vanilla" if seed in (None, cfg.profile.seed) else f"vanilla-s{seed}"
+    tag = getattr(cfg, "pretrain_tag", "")
+    base = f"vanilla-{tag}" if tag else "vanilla"
+    return base if seed in (None, cfg.profile.seed) else f"{base}-s{seed}"
 
 
 def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, seed: int | None = None):

@@ -1,4 +1,6 @@
 """Objectives and the method runner: the schedule, the replay, TRADES/MART against hand computations, λ."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ from torch import nn
 import robustlib
 from robustlib.losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
 from robustlib.methods import evaluate_table, train_method
+from robustlib.profiles import get_profile
 from robustlib.train import fit
 
 
@@ -163,3 +166,21 @@ def test_a_finetune_from_another_theta_std_is_refused(tmp_path):
     torch.save(state, path)
     with pytest.raises(robustlib.RobustlibError, match="was made with theta_std="):
         train_method(cfg, "control", progress=False)      # ... so the old fine-tune no longer applies
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1 / 3, 1.0, 3.0])
+def test_replay_ratio_weighs_clean_against_adversarial(batch, ratio):
+    model, x, y, xa = batch
+    clean, adv = F.cross_entropy(model(x), y), F.cross_entropy(model(xa), y)
+    (update,) = Finetune(FixedAdversary(xa), ratio=ratio)(model, x, y, epoch=0)
+    assert torch.allclose(update()[0], (ratio * clean + adv) / (1 + ratio), atol=1e-6)
+    c, a = Finetune(FixedAdversary(xa), ratio=ratio, replay="alternating")(model, x, y, epoch=0)
+    # the two alternating updates weigh their losses like the concatenated batch (mean weight 1)
+    assert torch.allclose((c()[0] + a()[0]) / 2, (ratio * clean + adv) / (1 + ratio), atol=1e-6)
+
+
+def test_replay_ratio_is_validated(batch):
+    with pytest.raises(ValueError, match="clean:adversarial weight"):
+        Finetune(FixedAdversary(batch[3]), ratio=-1)
+    with pytest.raises(ValueError, match="profile field ft_replay_ratio"):
+        dataclasses.replace(get_profile("quick"), ft_replay_ratio=-0.5)

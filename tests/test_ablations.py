@@ -1,0 +1,74 @@
+"""The pieces notebook 04 is built from: variants, the replay ratio, train_grid, mean_std, AutoAttack subsets."""
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import robustlib
+from robustlib.attacks import autoattack
+from robustlib.io import RobustlibError
+from robustlib.methods import format_mean_std, mean_std, run_name, train_grid
+from robustlib.profiles import get_profile
+from robustlib.train import vanilla_name
+
+
+def test_a_variant_names_its_runs_and_shares_theta_std_unless_the_model_changes(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    p0 = cfg.variant("p0", dra_p=0.0)
+    assert p0.profile.dra_p == 0.0 and cfg.profile.dra_p == pytest.approx(1 / 3)
+    assert (p0.tag, p0.pretrain_tag) == ("p0", "")
+    assert vanilla_name(p0) == vanilla_name(cfg) == "vanilla"
+    wide = cfg.variant("resnet18w4", model="resnet18", width=4)
+    assert wide.pretrain_tag == "resnet18w4" and vanilla_name(wide, 1) == "vanilla-resnet18w4-s1"
+    assert run_name("ours", 0, tag=p0.tag) == "ours-p0-s0"
+    assert cfg.variant("a", dra_p=0.5).variant("b", ft_epochs=3).tag == "a-b"
+    with pytest.raises(RobustlibError, match="variant tag 'a b'"):
+        cfg.variant("a b", dra_p=0.5)
+    with pytest.raises(RobustlibError, match="unknown profile field"):
+        cfg.variant("x", not_a_field=1)
+
+
+def test_backbones_autoattack_subsets_and_ft_train_limit_are_validated():
+    q = get_profile("quick")
+    with pytest.raises(ValueError, match="backbones"):
+        dataclasses.replace(q, backbones=("resnet7/8",))
+    with pytest.raises(ValueError, match="backbones"):
+        dataclasses.replace(q, backbones=("resnet18/wide",))
+    with pytest.raises(ValueError, match="autoattack_attacks"):
+        dataclasses.replace(q, autoattack_attacks=("apgd-ce", "magic"))
+    with pytest.raises(ValueError, match="ft_train_limit"):
+        dataclasses.replace(q, ft_train_limit=0)
+    smoke = get_profile("paper-cifar10").shrink_for_smoke()
+    assert smoke.backbones == ("resnet18/4", "resnet34/4")
+    assert len(set(q.shrink_for_smoke().backbones)) == len(q.backbones)     # smoke keeps a ladder
+
+
+def test_train_grid_and_mean_std(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    cfg = dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, ft_epochs=1, train_limit=128))
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    rows = [dict(name="p = 1/3", cfg=cfg, method="ours", p=1 / 3),
+            dict(name="p = 1", cfg=cfg.variant("p1", dra_p=1.0), method="ours", p=1.0)]
+    per_seed = train_grid(rows, x, y, seeds=(0, 1), eps_list=["0.1"])
+    assert len(per_seed) == 4 and list(per_seed["run"][:2]) == ["ours-s0", "ours-p1-s0"]
+    assert {"method", "natural", "pgd@0.1", "pgd-rs@0.1", "seed", "p"} <= set(per_seed.columns)
+    assert (tmp_path / "checkpoints" / "ours-p1-s1.pt").exists()
+    mean, std = mean_std(per_seed)
+    assert list(mean["method"]) == ["p = 1/3", "p = 1"] and "p" not in mean.columns
+    sel = per_seed[per_seed.method == "p = 1"]["natural"]
+    assert mean.loc[1, "natural"] == pytest.approx(sel.mean()) and std.loc[1, "natural"] == pytest.approx(sel.std(ddof=0))
+    one_seed = mean_std(per_seed[per_seed.seed == 0])[1]
+    assert one_seed[["natural", "pgd@0.1"]].isna().all().all()          # no spread claimed from one seed
+    shown = format_mean_std(mean, std)
+    assert shown.loc["p = 1", "natural"] == f"{100 * sel.mean():.1f} ± {100 * sel.std(ddof=0):.1f}"
+
+
+def test_autoattack_subset_runs_only_the_named_attacks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    xa = autoattack(model, x, y, eps=0.1, attacks=("apgd-ce",))
+    assert (xa - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="unknown AutoAttack attacks"):
+        autoattack(model, x, y, eps=0.1, attacks=("apgd-xx",))
