@@ -212,8 +212,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square with the authors' settings, each on the
     points the previous ones did not break, and returns the worst case per example. ``norm`` is
     ``"Linf"``, ``"L2"`` or ``"L1"``; the L1 version is the strongest reference for DRA's L1 budget.
-    ``attacks`` (e.g. ``("apgd-ce", "apgd-t")``) runs only those, in that order, with the standard
-    settings (``version="custom"``): a cheaper subset for CPU profiles, to be named wherever it is used.
+    ``attacks`` (e.g. ``("apgd-ce", "apgd-t")``) runs only those, in that order, each with its settings in
+    the standard version (one APGD restart, nine target classes, ...): a cheaper subset for CPU profiles,
+    to be named wherever it is used.
 
     With ``state_dir`` the evaluation runs in chunks of ``chunk_size`` images and each finished chunk's
     adversarial batch is saved (atomically), so a long evaluation killed half-way resumes where it stopped.
@@ -239,7 +240,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         unknown = sorted(set(attacks) - set(AUTOATTACK_ATTACKS))
         if unknown or not attacks:
             raise ValueError(f"unknown AutoAttack attacks {unknown or attacks}; choose from {', '.join(AUTOATTACK_ATTACKS)}")
-        version = "custom"
     device = next(model.parameters()).device
     out = []
     with eval_mode(model):
@@ -253,7 +253,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 if path.exists():
                     out.append(load_torch(path)["x_adv"].to(x.device))
                     continue
-            aa = AutoAttack(model, eps=eps, norm=norm, version=version, device=device, seed=seed, attacks=attacks)
+            aa = AutoAttack(model, eps=eps, norm=norm, version=version, device=device, seed=seed)
+            if attacks:   # the version's settings, a subset of its attacks (version="custom" would reset them)
+                aa.attacks_to_run = attacks
             x_adv, y_adv = aa.run_standard_evaluation(xc.to(device), yc.to(device), batch_size=batch_size)
             with torch.no_grad():
                 recomputed = torch.cat([model(x_adv[i:i + batch_size]).argmax(1)

@@ -186,18 +186,21 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
     ``cfg.variant(...)``), ``method``, optionally ``adversary`` and ``beta``, and any other keys, which are
-    copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains every row but the vanilla
-    ones again. Returns one row per (row, seed) with the
+    copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
+    again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded. Returns one row per (row, seed) with the
     columns ``method`` (= name), ``natural``, ``pgd@<eps>``, ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras.
     """
-    out = []
+    out, retrained = [], set()
     for seed in seeds:
         for row in rows:
             extra = dict(row)
             name, cfg, method = extra.pop("name"), extra.pop("cfg"), extra.pop("method")
             adversary, beta = extra.pop("adversary", None), extra.pop("beta", None)
+            key = (cfg.tag, method, adversary, beta, seed)
+            again = retrain and bool(cfg.tag) and method != "vanilla" and key not in retrained
+            retrained.add(key)
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
-                               retrain=retrain and method != "vanilla")
+                               retrain=again)
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
@@ -206,12 +209,13 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
 def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and standard deviation over seeds of the accuracy columns (``natural`` and every ``...@eps``).
 
-    The standard deviation is NaN where a group has a single seed (no spread is claimed from one run).
+    The standard deviation is the sample one (ddof=1), NaN where a group has a single seed (no spread is
+    claimed from one run).
     """
     keys = list(keys)
     metrics = [c for c in per_seed.columns if c not in keys and (c == "natural" or "@" in c)]
     grouped = per_seed.groupby(keys, sort=False)[metrics]
-    return grouped.mean().reset_index(), grouped.std(ddof=0).where(grouped.count() > 1).reset_index()
+    return grouped.mean().reset_index(), grouped.std(ddof=1).where(grouped.count() > 1).reset_index()
 
 
 def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:

@@ -367,12 +367,15 @@ class RunConfig:
 
         Its runs are checkpointed under names carrying ``tag`` (``ours-p0-s0``), so variants never overwrite
         the profile's own runs; theta_std is shared unless a field it depends on changes (``model``, ...).
+        A variant that changes nothing is the configuration itself (same runs, same names).
         """
         import re
 
         if not re.fullmatch(r"[A-Za-z0-9_.+=-]+", tag or ""):
             raise RobustlibError(f"variant tag {tag!r} must be letters, digits or _.+=- (it names checkpoints)")
         prof = apply_overrides(self.profile, fields)
+        if prof == self.profile:
+            return self               # nothing changes: the profile's own runs, under their own names
         from .train import PRETRAIN_FIELDS
 
         join = lambda a, b: f"{a}-{b}" if a else b

@@ -113,7 +113,8 @@ def _verdict(hits: int, total: int) -> str:
 
 @claim("The fine-tune keeps clean accuracy while adding robustness", "03_methods.csv")
 def claim_keeps_accuracy(tables: Tables, profile: Profile):
-    """Holds if Ours natural >= Vanilla natural - 0.01 and Ours pgd@main_eps > Vanilla pgd@main_eps;
+    """Holds if Ours natural >= Vanilla natural - 0.005 (half a point, the tolerance notebook 03 asserts on
+    quick) and Ours pgd@main_eps > Vanilla pgd@main_eps;
     partly if only one of the two, does not hold if neither. Control (clean fine-tune) is quoted if present."""
     name, rob = "03_methods.csv", _robust(profile)
     df = _need(tables, name)
@@ -123,7 +124,7 @@ def claim_keeps_accuracy(tables: Tables, profile: Profile):
     if "method" in df.columns and (df["method"] == "Control").any():
         c_nat, c_rob = (_value(df, name, "method", "Control", c) for c in ("natural", rob))
         numbers += f"; Control (clean fine-tune) {pct(c_nat)} natural, {pct(c_rob)} {rob}"
-    return _verdict((o_nat >= v_nat - 0.01) + (o_rob > v_rob), 2), numbers
+    return _verdict((o_nat >= v_nat - 0.005) + (o_rob > v_rob), 2), numbers
 
 
 @claim("It beats TRADES on harder data (CIFAR-10)", "03_methods.csv")
@@ -149,14 +150,18 @@ def claim_beats_trades(tables: Tables, profile: Profile):
 
 @claim("DRA is a better training adversary than PGD at equal strength (Table V)", "04_table_v.csv")
 def claim_dra_beats_pgd(tables: Tables, profile: Profile):
-    """For each training (Madry, TRADES, Ours) with both rows: DRA-trained pgd@main_eps > PGD-trained (a tie
-    is not "better"). Holds if in all such trainings, partly if in some, does not hold if in none."""
-    name, rob = "04_table_v.csv", _robust(profile)
+    """For each training (Madry, TRADES, Ours) with both rows: DRA-trained beats PGD-trained on the mean of
+    pgd@eps over the profile's eval eps (Table V's claim is over all its columns; a tie is not "better").
+    Holds if in all such trainings, partly if in some, does not hold if in none."""
+    name = "04_table_v.csv"
     df = _need(tables, name)
     for key in ("training", "adversary"):
         if key not in df.columns:
             raise _Missing(f"{name} has no column {key!r}")
-    _col(df, name, rob)
+    cols = [f"pgd@{e}" for e in profile.eval_eps if f"pgd@{e}" in df.columns] or [_robust(profile)]
+    for c in cols:
+        _col(df, name, c)
+    rob = cols[0] if len(cols) == 1 else f"mean of {', '.join(cols)}"
     parts, hits = [], 0
     trainings = [t for t in dict.fromkeys(df["training"].astype(str))
                  if {"PGD", "DRA"} <= set(df.loc[df["training"].astype(str) == t, "adversary"].astype(str))]
@@ -164,7 +169,7 @@ def claim_dra_beats_pgd(tables: Tables, profile: Profile):
         raise _Missing(f"{name} has no training with both a PGD and a DRA row")
     for t in trainings:
         sub = df[df["training"].astype(str) == t]
-        dra, pgd = (_value(sub, name, "adversary", a, rob) for a in ("DRA", "PGD"))
+        dra, pgd = (sum(_value(sub, name, "adversary", a, c) for c in cols) / len(cols) for a in ("DRA", "PGD"))
         hits += dra > pgd
         parts.append(f"{t}: DRA {pct(dra)} vs PGD {pct(pgd)}")
     return _verdict(hits, len(trainings)), f"{rob}: " + "; ".join(parts)
@@ -227,8 +232,8 @@ def claim_bigger_gains_more(tables: Tables, profile: Profile):
 
 @claim("The fine-tuned model is more robust to natural corruptions (Table VII)", "05_corruptions.csv")
 def claim_corruptions(tables: Tables, profile: Profile):
-    """Holds if Ours > Vanilla on the ``mean`` row and on more than half of the corruptions; partly if
-    only one of the two; does not hold if neither."""
+    """Holds if Ours > Vanilla on every corruption (Table VII shows the fine-tune ahead on all it reports);
+    partly if Ours is ahead on the ``mean`` row or on more than half of them; does not hold otherwise."""
     name = "05_corruptions.csv"
     df = _need(tables, name)
     for c in ("corruption", "Ours", "Vanilla"):
@@ -239,7 +244,7 @@ def claim_corruptions(tables: Tables, profile: Profile):
     wins = int((_col(each, name, "Ours") > _col(each, name, "Vanilla")).sum())
     o_mean, v_mean = (_value(df, name, "corruption", "mean", m) for m in ("Ours", "Vanilla"))
     source = ", ".join(dict.fromkeys(df["source"].dropna().astype(str))) if "source" in df.columns else "unknown"
-    verdict = _verdict((o_mean > v_mean) + (wins > len(each) / 2), 2)
+    verdict = HOLDS if wins == len(each) and len(each) else PARTLY if o_mean > v_mean or wins > len(each) / 2 else FAILS
     return verdict, (f"mean Ours {pct(o_mean)} vs Vanilla {pct(v_mean)}; Ours better on {wins} of {len(each)} "
                      f"corruptions (source: {source})")
 
@@ -415,7 +420,9 @@ def build_report(cfg: RunConfig) -> Path:
         md += ["> **Smoke run**: a tiny setting for tests; its numbers say nothing about the paper's claims.", ""]
     md += ["## Claims ledger", "",
            f"Each claim of the paper checked on this profile ({prof.dataset}, {prof.model}; robust accuracy "
-           f"at the training radius `pgd@{prof.main_eps}`): {counts}. The rules are in `robustlib/report.py`.", "",
+           f"`pgd@{prof.main_eps}` = PGD-20, step eps/20, no random start, the paper's protocol and the weakest "
+           f"of the three in the tables; Table V on the mean over eps {', '.join(prof.eval_eps)}): {counts}. "
+           f"The rules are in `robustlib/report.py`; single-seed ablations carry seed noise (see notebook 04).", "",
            markdown_table(pd.DataFrame([(v.claim, f"**{v.verdict}**", v.numbers, f"`{v.source}`")
                                         for v in verdicts], columns=["claim", "verdict", "numbers", "source"]),
                           percent=False), ""]

@@ -23,6 +23,7 @@ def test_a_variant_names_its_runs_and_shares_theta_std_unless_the_model_changes(
     assert wide.pretrain_tag == "resnet18w4" and vanilla_name(wide, 1) == "vanilla-resnet18w4-s1"
     assert run_name("ours", 0, tag=p0.tag) == "ours-p0-s0"
     assert cfg.variant("a", dra_p=0.5).variant("b", ft_epochs=3).tag == "a-b"
+    assert cfg.variant("same", dra_p=cfg.profile.dra_p) is cfg          # no change: the profile's own runs
     with pytest.raises(RobustlibError, match="variant tag 'a b'"):
         cfg.variant("a b", dra_p=0.5)
     with pytest.raises(RobustlibError, match="unknown profile field"):
@@ -53,15 +54,21 @@ def test_train_grid_and_mean_std(tmp_path):
     per_seed = train_grid(rows, x, y, seeds=(0, 1), eps_list=["0.1"])
     assert len(per_seed) == 4 and list(per_seed["run"][:2]) == ["ours-s0", "ours-p1-s0"]
     assert {"method", "natural", "pgd@0.1", "pgd-rs@0.1", "seed", "p"} <= set(per_seed.columns)
-    assert (tmp_path / "checkpoints" / "ours-p1-s1.pt").exists()
+    ckpt = tmp_path / "checkpoints"
+    assert (ckpt / "ours-p1-s1.pt").exists()
+    before = {n: (ckpt / n).stat().st_mtime_ns for n in ("ours-s0.pt", "ours-p1-s0.pt")}
+    train_grid(rows + rows, x, y, seeds=(0,), eps_list=["0.1"], retrain=True)
+    # retrain redoes a tagged variant (once, though listed twice) and never the profile's own run (notebook 03's)
+    assert (ckpt / "ours-s0.pt").stat().st_mtime_ns == before["ours-s0.pt"]
+    assert (ckpt / "ours-p1-s0.pt").stat().st_mtime_ns > before["ours-p1-s0.pt"]
     mean, std = mean_std(per_seed)
     assert list(mean["method"]) == ["p = 1/3", "p = 1"] and "p" not in mean.columns
     sel = per_seed[per_seed.method == "p = 1"]["natural"]
-    assert mean.loc[1, "natural"] == pytest.approx(sel.mean()) and std.loc[1, "natural"] == pytest.approx(sel.std(ddof=0))
+    assert mean.loc[1, "natural"] == pytest.approx(sel.mean()) and std.loc[1, "natural"] == pytest.approx(sel.std(ddof=1))
     one_seed = mean_std(per_seed[per_seed.seed == 0])[1]
     assert one_seed[["natural", "pgd@0.1"]].isna().all().all()          # no spread claimed from one seed
     shown = format_mean_std(mean, std)
-    assert shown.loc["p = 1", "natural"] == f"{100 * sel.mean():.1f} ± {100 * sel.std(ddof=0):.1f}"
+    assert shown.loc["p = 1", "natural"] == f"{100 * sel.mean():.1f} ± {100 * sel.std(ddof=1):.1f}"
 
 
 def test_autoattack_subset_runs_only_the_named_attacks():

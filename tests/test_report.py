@@ -126,7 +126,9 @@ def test_bigger_backbones_gain_more(digits):
 
 def test_corruptions(digits):
     v = report.claim_corruptions({"05_corruptions.csv": corruptions()}, digits)
-    assert v.verdict == HOLDS and "better on 2 of 3 corruptions" in v.numbers and "on-the-fly suite" in v.numbers
+    assert v.verdict == PARTLY and "better on 2 of 3 corruptions" in v.numbers and "on-the-fly suite" in v.numbers
+    every = corruptions(ours=(0.8, 0.7, 0.7), vanilla=(0.7, 0.6, 0.65))       # Table VII: ahead on all of them
+    assert report.claim_corruptions({"05_corruptions.csv": every}, digits).verdict == HOLDS
     worse = corruptions(ours=(0.6, 0.5, 0.7), vanilla=(0.7, 0.6, 0.65))
     assert report.claim_corruptions({"05_corruptions.csv": worse}, digits).verdict == FAILS
     one_big_win = corruptions(ours=(0.9, 0.59, 0.6), vanilla=(0.5, 0.6, 0.65))
