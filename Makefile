@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lab bench clean
+.PHONY: run test lab bench example-report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel
 
 bench: $(STAMP)  ## attack speed ratios, appended to runs/bench/attacks.json
 	$(PY) bench/attacks.py
+
+EXAMPLE := docs/example-report/$(PROFILE)
+example-report:  ## copy runs/$(PROFILE)'s report, its tables and PNG figures to docs/example-report/$(PROFILE)
+	test -f runs/$(PROFILE)/report.md || { echo "no runs/$(PROFILE)/report.md: run make run PROFILE=$(PROFILE) first"; exit 1; }
+	rm -rf $(EXAMPLE) && mkdir -p $(EXAMPLE)/figures
+	cp -r runs/$(PROFILE)/report.md runs/$(PROFILE)/report.html runs/$(PROFILE)/timings.json runs/$(PROFILE)/tables $(EXAMPLE)/
+	cp runs/$(PROFILE)/figures/*.png $(EXAMPLE)/figures/
 
 clean:  ## remove run outputs (keeps .venv and data)
 	rm -rf runs .pytest_cache

@@ -271,7 +271,8 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
     if ckpt.exists() and not retrain:
         model, _ = load_checkpoint(ckpt, expect=expect, device=cfg.device, profile=p)
         metrics = cfg.path("metrics", f"{name}.csv")
-        print(f"loaded theta_std from {ckpt} (pass retrain=True to train it again)")
+        if progress:
+            print(f"loaded theta_std from {ckpt} (pass retrain=True to train it again)")
         return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame())
     if retrain:
         for stale in (ckpt, cfg.path("checkpoints", f"{name}.last.pt")):
