@@ -16,7 +16,7 @@ from .evaluate import accuracy, parse_eps, robust_accuracy, run_attack
 from .io import RobustlibError
 from .losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
 from .models import build_model, model_spec
-from .train import FINETUNE_FIELDS, fit, load_checkpoint, make_train_loader, pretrain, run_meta, vanilla_name
+from .train import PRETRAIN_FIELDS, fit, load_checkpoint, make_train_loader, pretrain, run_meta, vanilla_name
 
 METHODS = ("vanilla", "control", "madry", "madry-mix", "trades", "mart", "ours", "ours-constrained")
 DEFAULT_ADVERSARY = {"madry": "pgd", "madry-mix": "pgd", "trades": "pgd", "mart": "pgd",
@@ -38,6 +38,27 @@ def make_adversary(profile, method: str, name: str, epochs: int) -> Adversary:
         # Madry et al. start PGD from a random point of the ball; TRADES and MART from x + 0.001 N(0, 1)
         return Adversary("pgd", eps=eps, steps=profile.at_steps, random_start=method.startswith("madry"))
     raise RobustlibError(f"unknown adversary {name!r}; use pgd or dra")
+
+
+def run_fields(method: str, adversary: str, scratch: bool) -> tuple[str, ...]:
+    """The profile fields one run depends on: a checkpoint is refused only when one of them changes.
+
+    Every run depends on theta_std's fields, its epochs and learning rate, the training subset and the
+    held-out PGD that picks its best epoch (``main_eps``, ``at_steps``); the fine-tune also on its
+    schedule and replay; an adversary on its own settings. So raising ``ft_eps_max`` retrains Ours and
+    any DRA-trained run, not the PGD baselines.
+    """
+    fields = list(PRETRAIN_FIELDS) + ["main_eps", "at_steps", "baseline_init"]
+    if not scratch:
+        fields += ["ft_epochs", "ft_lr", "ft_lr_schedule", "ft_train_limit"]
+    if method.startswith("ours"):
+        fields += ["ft_eps_max", "ft_eps_min", "ft_decay", "ft_clean_tail", "ft_replay"]
+        fields += ["lam_lr"] if method == "ours-constrained" else ["ft_replay_ratio"]
+    if adversary == "dra":
+        fields += ["ft_eps_max", "dra_p", "dra_steps"]
+    if method == "mart":
+        fields += ["mart_beta"]
+    return tuple(dict.fromkeys(fields))
 
 
 def run_name(method: str, seed: int, adversary: str | None = None, beta: float | None = None, tag: str = "") -> str:
@@ -98,12 +119,13 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
                                              constraint_data=_constraint_sample(train, seed), lam_lr=p.lam_lr),
     }[method]()
     name = run_name(method, seed, adversary, beta if method in ("trades", "mart") else None, getattr(cfg, "tag", ""))
-    meta = {**run_meta(cfg, name), "check_fields": list(FINETUNE_FIELDS),
+    fields = run_fields(method, adv_name, scratch)
+    meta = {**run_meta(cfg, name), "check_fields": list(fields),
             "theta_std": "scratch" if scratch else fingerprint(theta_std)}
     final = cfg.path("checkpoints", f"{name}.pt")
     if final.exists() and not retrain:
         model, _ = load_checkpoint(final, expect={"kind": name, "model": meta["model"], "theta_std": meta["theta_std"]},
-                                   device=cfg.device, profile=p, fields=FINETUNE_FIELDS)
+                                   device=cfg.device, profile=p, fields=fields)
         best_path, metrics = cfg.path("checkpoints", f"{name}.best.pt"), cfg.path("metrics", f"{name}.csv")
         best = load_checkpoint(best_path, device=cfg.device)[0] if best_path.exists() else model
         hist = pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()
@@ -152,10 +174,12 @@ def _constraint_sample(train, seed: int, n: int = 1000):
 
 
 def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, autoattack_eps=None,
-                   autoattack_n: int = 0, autoattack_attacks=None, state_dir=None, seed: int = 0) -> pd.DataFrame:
+                   autoattack_n: int = 0, autoattack_attacks=None, state_dir=None, seed: int = 0,
+                   natural_on=None) -> pd.DataFrame:
     """One row per model: natural accuracy and robust accuracy at each eps under both protocols.
 
-    Columns: ``natural``; ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
+    Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
+    is cheap, so it can be measured on the whole test split while the attacks run on a subset); ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
     ``pgd-rs@<eps>`` (PGD-20 with random start, step 2.5*eps/20); and, at ``autoattack_eps`` on the first
     ``autoattack_n`` images, ``strong@<eps>`` (the per-example worst case of PGD-rs and standard Linf
     AutoAttack on those images, or the ``autoattack_attacks`` subset of it). eps labels are kept as written.
@@ -163,6 +187,8 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     rows = []
     for name, model in models.items():
         row = {"method": name, "natural": accuracy(model, x, y)}
+        if natural_on is not None:
+            row["natural-all"] = accuracy(model, *natural_on)
         for e in eps_list:
             label = parse_eps(e)[1]
             row[f"pgd@{label}"] = robust_accuracy(model, x, y, eps=e, protocol="paper")[0]["robust_acc"]
@@ -207,13 +233,13 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
 
 
 def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and standard deviation over seeds of the accuracy columns (``natural`` and every ``...@eps``).
+    """Mean and standard deviation over seeds of the accuracy columns (``natural...`` and every ``...@eps``).
 
     The standard deviation is the sample one (ddof=1), NaN where a group has a single seed (no spread is
     claimed from one run).
     """
     keys = list(keys)
-    metrics = [c for c in per_seed.columns if c not in keys and (c == "natural" or "@" in c)]
+    metrics = [c for c in per_seed.columns if c not in keys and (c.startswith("natural") or "@" in c)]
     grouped = per_seed.groupby(keys, sort=False)[metrics]
     return grouped.mean().reset_index(), grouped.std(ddof=1).where(grouped.count() > 1).reset_index()
 
@@ -222,6 +248,6 @@ def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> 
     """``"71.0 ± 1.2"`` strings (percent) for display; the CSVs keep the fractions."""
     keys = list(keys)
     m, s = mean.set_index(keys), std.set_index(keys)
-    cols = [c for c in m.columns if c == "natural" or "@" in c]
+    cols = [c for c in m.columns if c.startswith("natural") or "@" in c]
     fmt = lambda a, b: f"{100 * a:.1f}" + (f" ± {100 * b:.1f}" if pd.notna(b) else "")
     return pd.DataFrame({c: [fmt(a, b) for a, b in zip(m[c], s[c])] for c in cols}, index=m.index)

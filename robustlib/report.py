@@ -107,6 +107,11 @@ def _robust(profile: Profile) -> str:
     return f"pgd@{profile.main_eps}"
 
 
+def _natural(df: pd.DataFrame) -> str:
+    """Clean accuracy on the whole test split where the table has it (``natural-all``), else on the subset."""
+    return "natural-all" if "natural-all" in df.columns else "natural"
+
+
 def _verdict(hits: int, total: int) -> str:
     return HOLDS if hits == total else PARTLY if hits else FAILS
 
@@ -118,12 +123,13 @@ def claim_keeps_accuracy(tables: Tables, profile: Profile):
     partly if only one of the two, does not hold if neither. Control (clean fine-tune) is quoted if present."""
     name, rob = "03_methods.csv", _robust(profile)
     df = _need(tables, name)
-    o_nat, v_nat = (_value(df, name, "method", m, "natural") for m in ("Ours", "Vanilla"))
+    nat = _natural(df)
+    o_nat, v_nat = (_value(df, name, "method", m, nat) for m in ("Ours", "Vanilla"))
     o_rob, v_rob = (_value(df, name, "method", m, rob) for m in ("Ours", "Vanilla"))
-    numbers = f"Ours {pct(o_nat)} vs Vanilla {pct(v_nat)} natural; {rob} {pct(o_rob)} vs {pct(v_rob)}"
+    numbers = f"Ours {pct(o_nat)} vs Vanilla {pct(v_nat)} {nat}; {rob} {pct(o_rob)} vs {pct(v_rob)}"
     if "method" in df.columns and (df["method"] == "Control").any():
-        c_nat, c_rob = (_value(df, name, "method", "Control", c) for c in ("natural", rob))
-        numbers += f"; Control (clean fine-tune) {pct(c_nat)} natural, {pct(c_rob)} {rob}"
+        c_nat, c_rob = (_value(df, name, "method", "Control", c) for c in (nat, rob))
+        numbers += f"; Control (clean fine-tune) {pct(c_nat)} {nat}, {pct(c_rob)} {rob}"
     return _verdict((o_nat >= v_nat - 0.005) + (o_rob > v_rob), 2), numbers
 
 
@@ -136,10 +142,11 @@ def claim_beats_trades(tables: Tables, profile: Profile):
     trades = [m for m in dict.fromkeys(df.get("method", pd.Series(dtype=str)).astype(str)) if m.startswith("TRADES")]
     if not trades:
         raise _Missing(f"{name} has no TRADES row")
-    o_nat, o_rob = (_value(df, name, "method", "Ours", c) for c in ("natural", rob))
-    parts, wins = [f"Ours {pct(o_nat)} natural / {pct(o_rob)} {rob}"], 0
+    nat = _natural(df)
+    o_nat, o_rob = (_value(df, name, "method", "Ours", c) for c in (nat, rob))
+    parts, wins = [f"Ours {pct(o_nat)} {nat} / {pct(o_rob)} {rob}"], 0
     for t in trades:
-        t_nat, t_rob = (_value(df, name, "method", t, c) for c in ("natural", rob))
+        t_nat, t_rob = (_value(df, name, "method", t, c) for c in (nat, rob))
         wins += o_rob > t_rob and o_nat >= t_nat - 1e-9
         parts.append(f"{t} {pct(t_nat)} / {pct(t_rob)}")
     numbers = "; ".join(parts)

@@ -173,10 +173,7 @@ def fit(
 
 PRETRAIN_FIELDS = ("dataset", "model", "width", "augment", "train_limit", "epochs", "batch_size", "lr", "momentum",
                    "weight_decay", "lr_schedule", "milestones", "val_size")
-FINETUNE_FIELDS = PRETRAIN_FIELDS + ("ft_epochs", "ft_lr", "ft_lr_schedule", "ft_eps_max", "ft_eps_min", "ft_decay",
-                                     "ft_clean_tail", "ft_replay", "at_steps", "main_eps", "dra_p", "dra_steps",
-                                     "mart_beta", "baseline_init", "lam_lr", "ft_train_limit",
-                                     "ft_replay_ratio")
+# a fine-tune's own list depends on its method and adversary: methods.run_fields
 
 
 def check_settings(state: dict, now: dict, fields, path) -> None:

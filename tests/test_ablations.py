@@ -8,7 +8,8 @@ from torch import nn
 import robustlib
 from robustlib.attacks import autoattack
 from robustlib.io import RobustlibError
-from robustlib.methods import format_mean_std, mean_std, run_name, train_grid
+from robustlib.evaluate import accuracy
+from robustlib.methods import evaluate_table, format_mean_std, mean_std, run_name, train_grid
 from robustlib.profiles import get_profile
 from robustlib.train import vanilla_name
 
@@ -69,6 +70,17 @@ def test_train_grid_and_mean_std(tmp_path):
     assert one_seed[["natural", "pgd@0.1"]].isna().all().all()          # no spread claimed from one seed
     shown = format_mean_std(mean, std)
     assert shown.loc["p = 1", "natural"] == f"{100 * sel.mean():.1f} ± {100 * sel.std(ddof=1):.1f}"
+
+
+def test_evaluate_table_can_measure_clean_accuracy_on_the_whole_test_split():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    t = evaluate_table({"m": model}, x[:8], y[:8], eps_list=["0.1"], natural_on=(x, y))
+    assert t.loc[0, "natural-all"] == pytest.approx(accuracy(model, x, y))
+    assert t.loc[0, "natural"] == pytest.approx(accuracy(model, x[:8], y[:8]))
+    mean, _ = mean_std(t.assign(seed=0))
+    assert "natural-all" in mean.columns and "natural-all" in format_mean_std(mean, mean).columns
 
 
 def test_autoattack_subset_runs_only_the_named_attacks():

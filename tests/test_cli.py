@@ -58,3 +58,26 @@ def test_smoke_run_of_the_pretraining_notebook(tmp_path):
     r = cli("run", "--profile", "quick", "--smoke", "--only", "02", "--run-dir", str(run_dir))
     assert r.returncode == 2 and "cannot read checkpoint" in r.stderr and "retrain=True" in r.stderr
     assert ckpt.read_bytes() == b"garbage"
+
+
+def test_select_finetune_script_compares_variants_on_the_held_out_split(tmp_path, monkeypatch):
+    """scripts/select_finetune.py: Ours per variant beside the control it shares, held-out numbers in a CSV."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    monkeypatch.setenv("ROBUSTLIB_SMOKE", "1")
+    path = Path(__file__).parents[1] / "scripts" / "select_finetune.py"
+    spec = importlib.util.spec_from_file_location("select_finetune", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run_dir = tmp_path / "run"
+    code = script.main(["--profile", "quick", "--device", "cpu", "--run-dir", str(run_dir), "--eps", "0.1",
+                        "--variants", "{base: {}, half: {ft_eps_max: 1.0, ft_eps_min: 0.5}, lr: {ft_lr: 0.002}}"])
+    assert code == 0
+    t = pd.read_csv(run_dir / "tables" / "select_finetune.csv")
+    assert list(t["run"]) == ["control-s0", "ours-s0", "control-s0", "ours-half-s0", "control-lr-s0", "ours-lr-s0"]
+    assert t[["val_natural", "val_pgd@0.1"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert t.loc[0, "val_natural"] == t.loc[2, "val_natural"]        # the eps variant shares the control
+    assert script.main(["--profile", "quick", "--run-dir", str(run_dir), "--variants", "{x: 3}"]) == 2

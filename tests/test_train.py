@@ -107,6 +107,22 @@ def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
     assert model is not None
 
 
+def test_a_changed_dra_budget_retrains_ours_but_keeps_the_pgd_baselines(tmp_path):
+    from robustlib.methods import train_method
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    for method in ("madry", "ours"):
+        train_method(cfg, method, progress=False)
+    wider = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                            overrides={"ft_eps_max": 2 * cfg.profile.ft_eps_max})
+    assert train_method(wider, "madry", progress=False)["model"] is not None      # PGD: eps is main_eps
+    with pytest.raises(RobustlibError, match="ours-s0.pt was trained with ft_eps_max=.*retrain=True"):
+        train_method(wider, "ours", progress=False)
+    steps = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                            overrides={"at_steps": cfg.profile.at_steps + 1})
+    with pytest.raises(RobustlibError, match="madry-s0.pt was trained with at_steps="):
+        train_method(steps, "madry", progress=False)
+
+
 def test_resuming_with_another_number_of_epochs_is_refused(tmp_path):
     model, loader, _ = _setup()
     fit(model, loader, epochs=2, lr=0.05, progress=False, run_dir=tmp_path, name="m")
