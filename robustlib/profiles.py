@@ -226,7 +226,10 @@ PROFILES: dict[str, Profile] = {
             # a CPU budget: every fine-tune (and the control and baselines from theta_std) sees a fixed
             # 10,000-image subset of the training split for 6 epochs; theta_std was trained on all of it
             ft_train_limit=10_000,
-            ft_epochs=6, ft_eps_max=8.0, ft_eps_min=2.0,
+            ft_epochs=6,
+            # chosen on the held-out split with scripts/select_finetune.py (README, "fashion"): the largest
+            # budget that kept held-out clean accuracy within half a point of the control; 8 -> 2 lost 1.0
+            ft_eps_max=4.0, ft_eps_min=1.0,
         ),
         Profile(
             name="paper-mnist",
@@ -311,7 +314,7 @@ def apply_overrides(profile: Profile, overrides: dict | None) -> Profile:
     if not isinstance(overrides, dict):
         raise RobustlibError(f"overrides must be a dict of profile fields, got {type(overrides).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Profile)}
-    unknown = sorted(set(overrides) - set(fields))
+    unknown = sorted(str(k) for k in set(overrides) - set(fields))
     if unknown:
         raise RobustlibError(f"unknown profile field(s) {', '.join(unknown)} in overrides; valid: {', '.join(fields)}")
     hints = typing.get_type_hints(Profile)

@@ -172,7 +172,7 @@ def fit(
 
 
 PRETRAIN_FIELDS = ("dataset", "model", "width", "augment", "train_limit", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_schedule", "milestones", "val_size")
+                   "weight_decay", "lr_schedule", "milestones", "val_size", "seed")   # seed: the held-out split
 # a fine-tune's own list depends on its method and adversary: methods.run_fields
 
 

@@ -17,6 +17,9 @@ import sys
 
 import pandas as pd
 
+# what every variant must share: the same training images and the same held-out split
+DATA_FIELDS = ("dataset", "train_limit", "test_limit", "val_size", "seed")
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,24 +35,38 @@ def main(argv=None) -> int:
     from robustlib import io, methods
     from robustlib.__main__ import _overrides
     from robustlib.data import load_splits, split_validation
-    from robustlib.evaluate import accuracy, robust_accuracy
+    from robustlib.evaluate import accuracy, parse_eps, robust_accuracy
 
     try:
         variants = _overrides(args.variants, None)
         cfg = robustlib.setup(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root)
         p = cfg.profile
+        eps_list = args.eps or list(p.eval_eps)
+        for e in eps_list:
+            try:
+                if not 0 < parse_eps(e)[0] <= 1:
+                    raise ValueError
+            except ValueError:
+                raise robustlib.RobustlibError(f"--eps {e!r} is not a radius in (0, 1]; write 0.03 or 8/255") from None
+        # every variant is built (and checked) before anything trains
+        configs = {}
+        for tag, fields in variants.items():
+            if not isinstance(fields, dict):
+                raise robustlib.RobustlibError(f"variant {tag!r} must map profile fields to values, got {fields!r}")
+            c = cfg.variant(str(tag), **{str(k): v for k, v in fields.items()})
+            moved = [f for f in DATA_FIELDS if getattr(c.profile, f) != getattr(p, f)]
+            if moved:
+                raise robustlib.RobustlibError(f"variant {tag!r} changes {', '.join(moved)}: the data or the held-out "
+                                               f"split would differ between variants; change it in --profile instead")
+            configs[tag] = (c, fields)
         data = load_splits(p, cfg.data_root)
         val = split_validation(data[0], p.val_size, p.seed)[1]
         if len(val.y) == 0:
             raise robustlib.RobustlibError(f"profile {p.name!r} holds out no images (val_size=0); set val_size")
         xv, yv = val.float_x(), val.y
-        eps_list = args.eps or list(p.eval_eps)
         control_fields = methods.run_fields("control", None, False)
         rows = []
-        for tag, fields in variants.items():
-            if not isinstance(fields, dict):
-                raise robustlib.RobustlibError(f"variant {tag!r} must map profile fields to values, got {fields!r}")
-            c = cfg.variant(str(tag), **fields)
+        for tag, (c, fields) in configs.items():
             control_cfg = c if any(getattr(c.profile, f) != getattr(p, f) for f in control_fields) else cfg
             for method, run_cfg in (("control", control_cfg), ("ours", c)):
                 res = methods.train_method(run_cfg, method, data=data, progress=False)

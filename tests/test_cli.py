@@ -80,4 +80,7 @@ def test_select_finetune_script_compares_variants_on_the_held_out_split(tmp_path
     assert list(t["run"]) == ["control-s0", "ours-s0", "control-s0", "ours-half-s0", "control-lr-s0", "ours-lr-s0"]
     assert t[["val_natural", "val_pgd@0.1"]].apply(lambda c: c.between(0, 1)).all().all()
     assert t.loc[0, "val_natural"] == t.loc[2, "val_natural"]        # the eps variant shares the control
-    assert script.main(["--profile", "quick", "--run-dir", str(run_dir), "--variants", "{x: 3}"]) == 2
+    for bad in (["--variants", "{x: 3}"], ["--variants", "{v: {val_size: 10}}"], ["--variants", "{v: {1: 2}}"],
+                ["--variants", "{v: {}}", "--eps", "abc"]):
+        assert script.main(["--profile", "quick", "--run-dir", str(tmp_path / "bad"), *bad]) == 2, bad
+    assert not (tmp_path / "bad" / "checkpoints").exists()            # refused before anything trained
