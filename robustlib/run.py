@@ -34,6 +34,16 @@ def list_notebooks(only: list[str] | None = None, folder: Path | None = None) ->
     return books
 
 
+def _kernel_config():
+    """Talk to the kernel over local sockets where the OS has them: ipykernel warns about (and exposes) TCP."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+    return config
+
+
 def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str | None = None,
                  data_root: str | None = None, only: list[str] | None = None, overrides: dict | None = None,
                  smoke: bool | None = None, retrain: bool = False, log_output: bool = False) -> Path:
@@ -62,7 +72,7 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name="python3",
-                                cwd=str(nb.parent), progress_bar=False, log_output=log_output)
+                                cwd=str(nb.parent), progress_bar=False, log_output=log_output, config=_kernel_config())
         except pm.PapermillExecutionError as e:
             os.replace(partial, out)
             print(" failed", flush=True)
