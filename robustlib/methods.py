@@ -48,7 +48,9 @@ def run_fields(method: str, adversary: str, scratch: bool) -> tuple[str, ...]:
     schedule and replay; an adversary on its own settings. So raising ``ft_eps_max`` retrains Ours and
     any DRA-trained run, not the PGD baselines.
     """
-    fields = list(PRETRAIN_FIELDS) + ["main_eps", "at_steps", "baseline_init"]
+    fields = list(PRETRAIN_FIELDS) + ["main_eps", "at_steps"]
+    if method in ("madry", "madry-mix", "trades", "mart"):
+        fields += ["baseline_init"]              # from scratch or from theta_std: only the baselines
     if not scratch:
         fields += ["ft_epochs", "ft_lr", "ft_lr_schedule", "ft_train_limit"]
     if method.startswith("ours"):

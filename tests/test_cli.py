@@ -74,10 +74,12 @@ def test_select_finetune_script_compares_variants_on_the_held_out_split(tmp_path
     spec.loader.exec_module(script)
     run_dir = tmp_path / "run"
     code = script.main(["--profile", "quick", "--device", "cpu", "--run-dir", str(run_dir), "--eps", "0.1",
-                        "--variants", "{base: {}, half: {ft_eps_max: 1.0, ft_eps_min: 0.5}, lr: {ft_lr: 0.002}}"])
+                        "--variants", "{base: {}, half: {ft_eps_max: 1.0, ft_eps_min: 0.5}, lr: {ft_lr: 0.002}, "
+                                      "init: {baseline_init: scratch}}"])
     assert code == 0
     t = pd.read_csv(run_dir / "tables" / "select_finetune.csv")
-    assert list(t["run"]) == ["control-s0", "ours-s0", "control-s0", "ours-half-s0", "control-lr-s0", "ours-lr-s0"]
+    assert list(t["run"]) == ["control-s0", "ours-s0", "control-s0", "ours-half-s0", "control-lr-s0", "ours-lr-s0",
+                              "control-s0", "ours-init-s0"]     # baseline_init concerns only the baselines
     assert t[["val_natural", "val_pgd@0.1"]].apply(lambda c: c.between(0, 1)).all().all()
     assert t.loc[0, "val_natural"] == t.loc[2, "val_natural"]        # the eps variant shares the control
     for bad in (["--variants", "{x: 3}"], ["--variants", "{v: {val_size: 10}}"], ["--variants", "{v: {1: 2}}"],
