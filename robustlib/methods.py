@@ -181,7 +181,8 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     """One row per model: natural accuracy and robust accuracy at each eps under both protocols.
 
     Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
-    is cheap, so it can be measured on the whole test split while the attacks run on a subset); ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
+    is cheap, so it can be measured on the whole test split while the attacks run on a subset);
+    ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
     ``pgd-rs@<eps>`` (PGD-20 with random start, step 2.5*eps/20); and, at ``autoattack_eps`` on the first
     ``autoattack_n`` images, ``strong@<eps>`` (the per-example worst case of PGD-rs and standard Linf
     AutoAttack on those images, or the ``autoattack_attacks`` subset of it). eps labels are kept as written.

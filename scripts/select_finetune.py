@@ -65,17 +65,20 @@ def main(argv=None) -> int:
             raise robustlib.RobustlibError(f"profile {p.name!r} holds out no images (val_size=0); set val_size")
         xv, yv = val.float_x(), val.y
         control_fields = methods.run_fields("control", None, False)
-        rows = []
+        rows, measured = [], {}      # run name -> its held-out numbers: a shared control is attacked once
         for tag, (c, fields) in configs.items():
             control_cfg = c if any(getattr(c.profile, f) != getattr(p, f) for f in control_fields) else cfg
             for method, run_cfg in (("control", control_cfg), ("ours", c)):
                 res = methods.train_method(run_cfg, method, data=data, progress=False)
+                if res["name"] not in measured:
+                    numbers = {"val_natural": accuracy(res["model"], xv, yv)}
+                    for e in eps_list:
+                        r, _ = robust_accuracy(res["model"], xv, yv, eps=e, protocol="paper")
+                        numbers[f"val_pgd@{r['eps']}"] = r["robust_acc"]
+                    measured[res["name"]] = numbers
                 row = {"variant": tag, "method": method, "run": res["name"],
                        "fields": ", ".join(f"{k}={v}" for k, v in fields.items()) or "(profile)",
-                       "val_natural": accuracy(res["model"], xv, yv)}
-                for e in eps_list:
-                    r, _ = robust_accuracy(res["model"], xv, yv, eps=e, protocol="paper")
-                    row[f"val_pgd@{r['eps']}"] = r["robust_acc"]
+                       **measured[res["name"]]}
                 rows.append(row)
                 print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
