@@ -24,7 +24,7 @@ import time
 from robustlib.attacks import dra, input_gradient, pgd
 from robustlib.io import atomic_open, read_json
 from robustlib.models import build_model
-from robustlib.profiles import resolve_device
+from robustlib.config import resolve_device
 
 
 def interleaved_medians(fns: dict, rounds: int) -> dict:

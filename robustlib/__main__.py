@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from .io import RobustlibError
+from .profiles import PROFILES
+from .run import run_sequence
 
 
 def _overrides(text: str | None, path: str | None) -> dict:
@@ -45,13 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "profiles":
-            from .profiles import PROFILES
-
             for p in PROFILES.values():
                 print(f"{p.name:<14} {p.description}")
             return 0
-        from .run import run_sequence
-
         run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
                      only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
                      retrain=args.retrain, log_output=args.log_output)

@@ -2,18 +2,34 @@
 
 All attacks are batched, run the model in eval mode and restore its mode, compute gradients with respect
 to the input only (no ``.grad`` is left on parameters), and are deterministic under a seed. Budgets are in
-[0, 1] pixel units: an L-infinity radius for FGSM/PGD, a per-image L1 budget for DRA.
+[0, 1] pixel units: an L-infinity radius for FGSM/PGD, a per-image L1 budget for DRA. The per-image
+reading is the one the paper's calibration supports (Section V-C: DRA eps = 1 and PGD eps = 2.55/255 both
+leave 44.5% robust accuracy on a vanilla ResNet-50; Section V-B: DRA eps = 2 "corresponds to eps = 4-5 in
+PGD").
+
+``ATTACKS`` is the one registry that evaluation and training share: ``ATTACKS["pgd"](model, x, y, eps=...)``
+calls the attack; each entry also says how its settings read (``describe``) and how a profile sets its
+budget when it trains a model (``budget``). Every attack takes the same keywords where it needs them
+(``eps``, ``loss_fn``, ``x_init``); randomness is an explicit ``seed`` argument, never guessed by name.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import load_torch, save_torch
 from .models import eval_mode
+from .profiles import AUTOATTACK_ATTACKS, parse_eps
+
+# Madry et al.'s PGD step, 2.5 * eps / steps: used by the random-start protocol and every PGD training adversary
+PGD_STEP_FACTOR = 2.5
 
 RANK_BY = ("last_grad", "final_grad", "perturbation")
 BUDGETS = ("per_image", "per_value")
@@ -53,25 +69,31 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     return grad.detach()
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss_fn: Callable | None = None,
+         x_init: torch.Tensor | None = None) -> torch.Tensor:
     """Fast gradient sign method, eq. (1): ``x + eps * sign(grad)``, clipped to [0, 1].
 
     Parameters
     ----------
     eps : L-infinity radius in [0, 1] pixel units (8/255 on CIFAR-10, 0.1 or 0.3 on MNIST).
+    loss_fn, x_init : as in :func:`pgd`: the loss to ascend, and the point whose gradient is taken (the step
+        is projected back onto the eps-ball around ``x``).
 
     Returns
     -------
     Adversarial images, same shape as ``x``.
     """
     _check(x, y, eps)
+    x = x.detach()
+    start = x if x_init is None else x_init.detach().clamp(0, 1)
     with eval_mode(model):
-        return (x + eps * input_gradient(model, x, y).sign()).clamp(0, 1).detach()
+        adv = start + eps * input_gradient(model, start, y, loss_fn).sign()
+        return (x + (adv - x).clamp(-eps, eps)).clamp(0, 1).detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, step_size: float,
-        random_start: bool = False, seed: int | None = 0, x_init: torch.Tensor | None = None,
-        loss_fn: Callable | None = None) -> torch.Tensor:
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+        step_size: float | None = None, step_factor: float | None = None, random_start: bool = False,
+        seed: int | None = 0, x_init: torch.Tensor | None = None, loss_fn: Callable | None = None) -> torch.Tensor:
     """Projected gradient descent, eq. (2): signed steps, projected onto the L-inf ball ∩ [0, 1].
 
     Parameters
@@ -79,6 +101,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     eps : L-infinity radius in [0, 1] pixel units.
     steps : number of gradient steps (each one forward and one backward pass).
     step_size : the step alpha, in pixel units (the paper's protocol: eps / 20 with 20 steps).
+    step_factor : instead of ``step_size``, the step relative to the budget: ``step_factor * eps / steps``
+        (1 is the paper's protocol; :data:`PGD_STEP_FACTOR`, 2.5, Madry et al.'s).
     random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``; this
         takes precedence over ``x_init``.
     seed : seeds the random start; ``None`` draws from torch's global generator.
@@ -101,6 +125,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     """
     _check(x, y, eps)
     _check_steps(steps)
+    if (step_size is None) == (step_factor is None):
+        raise ValueError("pass exactly one of step_size (pixel units) and step_factor (step = step_factor*eps/steps)")
+    if step_factor is not None:
+        step_size = step_factor * eps / steps
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     x = x.detach()
@@ -116,6 +144,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     return adv.detach()
 
 
+def _check_dra(steps, p, rank_by: str, budget: str) -> None:
+    _check_steps(steps)
+    if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        raise ValueError(f"p must be a fraction in [0, 1], got {p!r}")
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+
+
 def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: float, steps: int,
         rank_by: str = "last_grad", budget: str = "per_image", loss_fn: Callable | None = None,
         x_init: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,14 +165,10 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     3. Keep the perturbation only on the ``k = round(p * N)`` values with the largest ``|g|`` of the last
        computed gradient (``g_{T-1}``); restore every other value to the clean one.
 
-    Each step moves an image by exactly alpha in L1 before clipping, so ``eps`` is a per-image L1 budget in
-    [0, 1] pixel units. This is the reading the paper's calibration supports (Section V-C: DRA eps = 1 and
-    PGD eps = 2.55/255 both leave 44.5% robust accuracy on a vanilla ResNet-50; Section V-B: DRA eps = 2
-    "corresponds to eps = 4-5 in PGD").
-
     Parameters
     ----------
-    eps : L1 budget per image in [0, 1] pixel units (``budget="per_image"``), or the average per value
+    eps : L1 budget per image in [0, 1] pixel units (``budget="per_image"``: each step moves an image by
+        exactly alpha in L1 before clipping; the module docstring says why this reading), or the average per value
         (``budget="per_value"``, an alternative reading: the L1 budget is ``eps * N``).
     p : fraction in [0, 1] of the N = C*H*W values that keep their perturbation. ``p = 0`` returns ``x``.
     steps : T, the number of gradient steps (T forward+backward passes; one more with ``"final_grad"``).
@@ -160,13 +194,7 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     True
     """
     _check(x, y, eps)
-    _check_steps(steps)
-    if not (isinstance(p, (int, float)) and 0 <= p <= 1):
-        raise ValueError(f"p must be a fraction in [0, 1], got {p!r}")
-    if rank_by not in RANK_BY:
-        raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    _check_dra(steps, p, rank_by, budget)
     x = x.detach()
     n = x[0].numel() if len(x) else 0
     k = round(p * n)
@@ -188,20 +216,57 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     return torch.where(keep, adv, x).detach()
 
 
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"fgsm": fgsm, "pgd": pgd, "dra": dra}
+@dataclass(frozen=True)
+class Attack:
+    """An ``ATTACKS`` entry: the attack function, how its settings read, and its budget as a training adversary.
+
+    ``budget(profile, scheduled)`` returns ``(eps_max, eps_min, settings)``: the budget a profile gives this
+    attack when it trains a model (``eps_min`` only when ``scheduled``, else ``None``) and the keyword
+    arguments besides ``eps``. It reads only the profile fields it needs, so a run's settings hash holds
+    exactly those (:mod:`robustlib.methods`).
+    """
+
+    fn: Callable[..., torch.Tensor]
+    describe: Callable[..., str]
+    budget: Callable | None = None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.fn(model, x, y, **kwargs)
 
 
-def _fingerprint(model: nn.Module, *tensors: torch.Tensor, **settings) -> str:
-    """A short hash of the model's weights, the inputs and the settings: names a resumable chunk."""
-    import hashlib
+def _linf_budget(p, scheduled: bool):
+    """An L-inf training attack at the profile's ``main_eps``; a fine-tune's schedule keeps its max/min ratio."""
+    main = parse_eps(p.main_eps)[0]
+    if not scheduled:
+        return main, None, {}
+    ratio = p.ft_eps_min / p.ft_eps_max if p.ft_eps_max else 1.0
+    return main, main * ratio, {}
 
+
+def _pgd_budget(p, scheduled: bool):
+    # seed=None: the random start (where an objective asks for one) draws from the generator fit seeds per epoch
+    eps_max, eps_min, _ = _linf_budget(p, scheduled)
+    return eps_max, eps_min, {"steps": p.at_steps, "step_factor": PGD_STEP_FACTOR, "seed": None}
+
+
+def _dra_budget(p, scheduled: bool):
+    return p.ft_eps_max, (p.ft_eps_min if scheduled else None), {"steps": p.dra_steps, "p": p.dra_p}
+
+
+ATTACKS: dict[str, Attack] = {
+    "fgsm": Attack(fgsm, lambda e, **_: f"FGSM (eps={e})", _linf_budget),
+    "pgd": Attack(pgd, lambda e, steps, step_factor, **_: f"PGD-{steps} (eps={e}, step={step_factor:g}*eps/{steps})",
+                  _pgd_budget),
+    "dra": Attack(dra, lambda e, steps, p, **_: f"DRA (eps={e} L1, p={p:.3g}, T={steps})", _dra_budget),
+}
+
+
+def fingerprint(model: nn.Module, *tensors: torch.Tensor, **settings) -> str:
+    """A short hash of the model's weights, the inputs and the settings: names a theta_std or a resumable chunk."""
     h = hashlib.sha1(repr(sorted(settings.items())).encode())
     for t in [*(v for v in model.state_dict().values()), *tensors]:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
@@ -226,11 +291,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     Adversarial images; for points no attack broke, the clean image. Raises ``RuntimeError`` if the
     accuracy recomputed on the returned batch differs from the one AutoAttack reports.
     """
-    from pathlib import Path
-
-    from pyautoattack import AutoAttack
-
-    from .io import load_torch, save_torch
+    from pyautoattack import AutoAttack   # imported here: a heavy import that only AutoAttack's users pay for
 
     _check(x, y, eps)
     if norm not in ("Linf", "L2", "L1"):
@@ -247,7 +308,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             xc, yc = x[start:start + chunk_size].detach(), y[start:start + chunk_size]
             path = None
             if state_dir is not None:
-                key = _fingerprint(model, xc, yc, eps=eps, norm=norm, version=version, seed=seed,
+                key = fingerprint(model, xc, yc, eps=eps, norm=norm, version=version, seed=seed,
                                    **({"attacks": ",".join(attacks)} if attacks else {}))
                 path = Path(state_dir) / f"autoattack-{norm}-{key}.pt"
                 if path.exists():

@@ -54,6 +54,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from .data import ImageData, to_float
+from .evaluate import accuracy
 from .io import RobustlibError
 
 RECIPE_SIZE = 32   # make_cifar_c.py's constants are for 32x32 images
@@ -343,6 +344,19 @@ def _load_npy(path: Path) -> np.ndarray:
                              f"({CIFAR10C_URL})") from None
 
 
+def _check_cifar10c_args(corruption: str, severity, limit) -> None:
+    if corruption not in CIFAR10C_CORRUPTIONS:
+        raise RobustlibError(f"unknown CIFAR-10-C corruption {corruption!r}; choose one of "
+                             f"{', '.join(CIFAR10C_CORRUPTIONS)}")
+    if severity is not None and (isinstance(severity, bool) or not isinstance(severity, Integral)
+                                 or not 1 <= severity <= 5):
+        raise RobustlibError(f"severity must be an integer from 1 to 5 or None (all five), got {severity!r}; "
+                             f"pass one of 1, 2, 3, 4, 5")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 0):
+        raise RobustlibError(f"limit must be None or an integer >= 0, got {limit!r}; pass the number of "
+                             f"images to keep per severity")
+
+
 def load_cifar10c(root: str | Path, corruption: str, severity: int | None = None,
                   limit: int | None = None) -> ImageData:
     """One corruption of the official CIFAR-10-C release (Hendrycks & Dietterich, 2019), read lazily.
@@ -369,16 +383,7 @@ def load_cifar10c(root: str | Path, corruption: str, severity: int | None = None
     -------
     >>> d = load_cifar10c("data", "fog", severity=5, limit=100) if find_cifar10c("data") else None
     """
-    if corruption not in CIFAR10C_CORRUPTIONS:
-        raise RobustlibError(f"unknown CIFAR-10-C corruption {corruption!r}; choose one of "
-                             f"{', '.join(CIFAR10C_CORRUPTIONS)}")
-    if severity is not None and (isinstance(severity, bool) or not isinstance(severity, Integral)
-                                 or not 1 <= severity <= 5):
-        raise RobustlibError(f"severity must be an integer from 1 to 5 or None (all five), got {severity!r}; "
-                             f"pass one of 1, 2, 3, 4, 5")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 0):
-        raise RobustlibError(f"limit must be None or an integer >= 0, got {limit!r}; pass the number of "
-                             f"images to keep per severity")
+    _check_cifar10c_args(corruption, severity, limit)
     folder = find_cifar10c(root)
     if folder is None:
         looked = ", ".join(str(Path(root) / sub) if sub != "." else str(Path(root)) for sub in _CIFAR10C_FOLDERS)
@@ -410,8 +415,6 @@ def load_cifar10c(root: str | Path, corruption: str, severity: int | None = None
 # --- accuracy tables ----------------------------------------------------------------------------------------
 
 def _clean_rows(models: dict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[dict]:
-    from .evaluate import accuracy   # evaluate may come to import this module
-
     return [{"corruption": "clean", "severity": 0, "model": m, "accuracy": accuracy(model, x, y, batch_size=batch_size),
              "n": len(y)} for m, model in models.items()]
 
@@ -447,8 +450,6 @@ def corruption_table(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Ten
     >>> t.shape
     (6, 5)
     """
-    from .evaluate import accuracy
-
     names = list(CORRUPTIONS) if names is None else list(names)
     for name in names:                   # fail before any work is done
         if name not in CORRUPTIONS:
@@ -492,8 +493,6 @@ def cifar10c_table(models: dict[str, nn.Module], root: str | Path, *, names: lis
     -------
     >>> t = cifar10c_table({"m": model}, "data", limit=1000) if find_cifar10c("data") else None
     """
-    from .evaluate import accuracy
-
     names = list(CIFAR10C_BENCHMARK) if names is None else list(names)
     rows = []
     if clean is not None:

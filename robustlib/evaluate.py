@@ -1,13 +1,22 @@
-"""Clean accuracy, per-class accuracy and the confusion matrix, as numbers and pandas DataFrames."""
+"""Clean and robust accuracy, as numbers and pandas DataFrames: one registry of evaluation protocols.
+
+Every robust accuracy states its protocol. ``PROTOCOLS`` holds them by name, each with its table column
+(``pgd@0.1``), its constants and a description; :func:`robust_accuracy` runs one, :func:`evaluate_table`
+makes the methods table, :func:`mean_std` and :func:`format_mean_std` summarise it over seeds.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import autoattack
+from .attacks import ATTACKS, PGD_STEP_FACTOR, autoattack, dra
 from .models import eval_mode
+from .profiles import parse_eps
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -58,45 +67,22 @@ def clean_report(model: nn.Module, data, *, batch_size: int = 512) -> dict:
 
 # --- robustness -----------------------------------------------------------------------------------------
 
-PROTOCOLS = {
-    "paper": "PGD-20, step eps/20, no random start (Section V.A)",
-    "strong": "worst case per example of PGD-20 (random start, step 2.5*eps/20) and AutoAttack (standard, Linf)",
-}
-
-
-def parse_eps(value) -> tuple[float, str]:
-    """``"8/255"`` -> ``(0.03137..., "8/255")``; ``0.1`` -> ``(0.1, "0.1")``. The label keeps eps exactly as given."""
-    from fractions import Fraction
-
-    if isinstance(value, str):
-        try:
-            v = float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
-        return v, value.strip()
-    if isinstance(value, Fraction):
-        return float(value), str(value)
-    try:
-        return float(value), f"{float(value):g}"
-    except (TypeError, ValueError):
-        raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
-
-
 def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
-               **kwargs) -> torch.Tensor:
-    """Apply an attack (a function or a name in ``ATTACKS``) batch by batch on the model's device."""
-    from .attacks import ATTACKS
+               seed: int | None = None, **kwargs) -> torch.Tensor:
+    """Apply an attack (a function or a name in ``ATTACKS``) batch by batch on the model's device.
 
+    ``seed`` (for an attack that takes one, such as PGD's random start) gives batch ``i`` the seed
+    ``seed + i``, so the result does not depend on which batches ran before; without it the attack's
+    own default applies.
+    """
     if isinstance(attack, str) and attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     fn = ATTACKS[attack] if isinstance(attack, str) else attack
     device = _device_of(model)
-    seed = kwargs.pop("seed", 0)
-    uses_seed = getattr(fn, "__name__", "") == "pgd"
     out = []
     for i, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
-        extra = {"seed": seed + i} if uses_seed else {}
+        extra = {"seed": seed + i} if seed is not None else {}
         out.append(fn(model, xb, yb, **kwargs, **extra).cpu())
     return torch.cat(out) if out else x.clone()
 
@@ -119,18 +105,82 @@ def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> pd.DataFrame:
     return per_image.agg(["mean", "median", "max"])
 
 
+# the paper's protocol (Section V.A): PGD-20, step eps/20, from the clean point; the random-start protocol
+# uses as many steps with Madry et al.'s step 2.5*eps/steps
+PAPER_STEPS = 20
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A ``PROTOCOLS`` entry: the table column it fills (``pgd`` -> ``pgd@0.1``), a description, and
+    ``attack(model, x, y, ok, *, eps, label, steps, batch_size, seed, **options) -> (ok, x_adv, settings, parts)``,
+    which takes the clean-correct mask ``ok`` and returns the robust one, the worst-case batch, the exact
+    settings as words, and extra accuracies to report."""
+
+    column: str
+    description: str
+    attack: Callable
+
+
+def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
+    x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=1.0,
+                       random_start=False)
+    settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start"
+    return ok & (predict(model, x_adv) == y), x_adv, settings, {}
+
+
+def _pgd_rs(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
+    # as the methods table has it so far: an attacked image counts when it is classified correctly,
+    # whether or not its clean copy was
+    x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps,
+                       step_factor=PGD_STEP_FACTOR, random_start=True, seed=seed)
+    settings = f"PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, seed {seed})"
+    return predict(model, x_adv) == y, x_adv, settings, {}
+
+
+def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=None, autoattack_attacks=None, **_):
+    x_adv, ok = x.clone(), ok.clone()
+    xp = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR,
+                    random_start=True, seed=seed)
+    broke = ok & (predict(model, xp) != y)
+    x_adv[broke], ok = xp[broke], ok & ~broke
+    parts = {"pgd_rs_acc": ok.float().mean().item()}
+    if ok.any():
+        xa = autoattack(model, x[ok], y[ok], eps=eps, norm="Linf", batch_size=batch_size, seed=seed,
+                        state_dir=state_dir, attacks=autoattack_attacks)
+        idx = ok.nonzero().squeeze(1)
+        broke_aa = predict(model, xa) != y[ok]
+        x_adv[idx[broke_aa]] = xa[broke_aa]
+        ok[idx[broke_aa]] = False
+    parts["autoattack_acc"] = ok.float().mean().item()
+    aa_name = ("AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square" if autoattack_attacks is None
+               else f"AutoAttack subset ({', '.join(a.upper() for a in autoattack_attacks)}")
+    settings = (f"worst of PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, "
+                f"seed {seed}) and {aa_name}; Linf, eps={label})")
+    return ok, x_adv, settings, parts
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol("pgd", "PGD-20, step eps/20, no random start (Section V.A)", _paper),
+    "pgd-rs": Protocol("pgd-rs", "PGD-20 with a random start, step 2.5*eps/20", _pgd_rs),
+    "strong": Protocol("strong", "worst case per example of PGD-20 (random start, step 2.5*eps/20) and "
+                                 "AutoAttack (standard, Linf)", _strong),
+}
+
+
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
-                    steps: int = 20, batch_size: int = 256, seed: int = 0, state_dir=None,
-                    autoattack_attacks=None) -> tuple[dict, torch.Tensor]:
-    """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol.
+                    steps: int = PAPER_STEPS, batch_size: int = 256, seed: int = 0,
+                    **options) -> tuple[dict, torch.Tensor]:
+    """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol of ``PROTOCOLS``.
 
     Protocols
     ---------
     ``paper``  : PGD with ``steps`` steps of eps/steps from the clean point (Section V.A: 20 steps of eps/20).
+    ``pgd-rs`` : PGD with a random start (seeded) and steps of 2.5*eps/steps.
     ``strong`` : per example, the worst case of PGD (random start, step 2.5*eps/steps) and AutoAttack
                  (standard, Linf); AutoAttack runs only on the points PGD did not break.
                  ``autoattack_attacks`` (e.g. ``("apgd-ce", "apgd-t")``) narrows AutoAttack to a subset
-                 of its attacks; the settings string then names them.
+                 of its attacks, and ``state_dir`` makes it resumable; the settings string names them.
 
     Returns
     -------
@@ -144,33 +194,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     eps_value, label = parse_eps(eps)
     y = y.cpu()
     clean_ok = predict(model, x) == y
-    ok, x_adv = clean_ok.clone(), x.clone()
-    if protocol == "paper":
-        step = eps_value / steps
-        settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start"
-        x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps_value, steps=steps,
-                           step_size=step, random_start=False)
-        ok &= predict(model, x_adv) == y
-        parts = {}
-    else:
-        step = 2.5 * eps_value / steps
-        aa_name = ("AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square" if autoattack_attacks is None
-                   else f"AutoAttack subset ({', '.join(a.upper() for a in autoattack_attacks)}")
-        settings = (f"worst of PGD-{steps} (eps={label}, step=2.5*{label}/{steps}, random start, seed {seed}) "
-                    f"and {aa_name}; Linf, eps={label})")
-        xp = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps_value, steps=steps, step_size=step,
-                        random_start=True, seed=seed)
-        broke = ok & (predict(model, xp) != y)
-        x_adv[broke], ok = xp[broke], ok & ~broke
-        parts = {"pgd_rs_acc": ok.float().mean().item()}
-        if ok.any():
-            xa = autoattack(model, x[ok], y[ok], eps=eps_value, norm="Linf", batch_size=batch_size, seed=seed,
-                            state_dir=state_dir, attacks=autoattack_attacks)
-            idx = ok.nonzero().squeeze(1)
-            broke_aa = predict(model, xa) != y[ok]
-            x_adv[idx[broke_aa]] = xa[broke_aa]
-            ok[idx[broke_aa]] = False
-        parts["autoattack_acc"] = ok.float().mean().item()
+    ok, x_adv, settings, parts = PROTOCOLS[protocol].attack(
+        model, x, y, clean_ok, eps=eps_value, label=label, steps=steps, batch_size=batch_size, seed=seed, **options)
     row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": len(y),
            "clean_acc": clean_ok.float().mean().item(), "robust_acc": ok.float().mean().item(),
            "success_rate": (clean_ok & ~ok).sum().item() / max(1, clean_ok.sum().item()), **parts}
@@ -197,8 +222,6 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     dict: dra_eps, dra_p, dra_steps, dra_robust_acc, pgd_eps, pgd_robust_acc, pgd_attack, n, and the
     search bracket (lo, hi) the bisection ended with.
     """
-    from .attacks import dra
-
     xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps)
     target = accuracy(model, xd, y)
 
@@ -224,3 +247,58 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     return dict(dra_eps=dra_eps, dra_p=p, dra_steps=steps, dra_robust_acc=target, pgd_eps=best[0],
                 pgd_robust_acc=best[1], pgd_attack=f"PGD-{pgd_steps}, step eps/{pgd_steps}, no random start",
                 n=len(y), lo=lo, hi=hi, converged=True)
+
+
+# --- the methods table -------------------------------------------------------------------------------------
+
+def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, protocols=("paper", "pgd-rs"),
+                   autoattack_eps=None, autoattack_n: int = 0, autoattack_attacks=None, state_dir=None,
+                   seed: int = 0, natural_on=None) -> pd.DataFrame:
+    """One row per model: natural accuracy and robust accuracy at each eps under each protocol.
+
+    Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
+    is cheap, so it can be measured on the whole test split while the attacks run on a subset); for each eps
+    and each of ``protocols``, ``<column>@<eps>`` (``pgd@0.1`` for the paper protocol, ``pgd-rs@0.1``); and,
+    at ``autoattack_eps`` on the first ``autoattack_n`` images, ``strong@<eps>`` (the ``strong`` protocol,
+    standard Linf AutoAttack or its ``autoattack_attacks`` subset). eps labels are kept as written.
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(map(str, unknown))}; use some of {', '.join(PROTOCOLS)}")
+    rows = []
+    for name, model in models.items():
+        row = {"method": name, "natural": accuracy(model, x, y)}
+        if natural_on is not None:
+            row["natural-all"] = accuracy(model, *natural_on)
+        for e in eps_list:
+            for protocol in protocols:
+                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed)
+                row[f"{PROTOCOLS[protocol].column}@{result['eps']}"] = result["robust_acc"]
+        if autoattack_eps is not None and autoattack_n > 0:
+            n = min(autoattack_n, len(y))
+            strong, _ = robust_accuracy(model, x[:n], y[:n], eps=autoattack_eps, protocol="strong", seed=seed,
+                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks)
+            row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and standard deviation over seeds of the accuracy columns (``natural...`` and every ``...@eps``).
+
+    The standard deviation is the sample one (ddof=1), NaN where a group has a single seed (no spread is
+    claimed from one run).
+    """
+    keys = list(keys)
+    metrics = [c for c in per_seed.columns if c not in keys and (c.startswith("natural") or "@" in c)]
+    grouped = per_seed.groupby(keys, sort=False)[metrics]
+    return grouped.mean().reset_index(), grouped.std(ddof=1).where(grouped.count() > 1).reset_index()
+
+
+def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
+    """``"71.0 ± 1.2"`` strings (percent) for display; the CSVs keep the fractions."""
+    keys = list(keys)
+    m, s = mean.set_index(keys), std.set_index(keys)
+    cols = [c for c in m.columns if c.startswith("natural") or "@" in c]
+    fmt = lambda a, b: f"{100 * a:.1f}" + (f" ± {100 * b:.1f}" if pd.notna(b) else "")
+    return pd.DataFrame({c: [fmt(a, b) for a, b in zip(m[c], s[c])] for c in cols}, index=m.index)

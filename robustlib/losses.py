@@ -1,33 +1,37 @@
-"""Training objectives, one small class each, and the adversaries that feed them.
+"""Training objectives as plain losses, and the training adversary: a budget schedule around an attack.
 
-An objective is called as ``objective(model, x, y, epoch)`` on a training batch and returns a list of
-*updates*: zero-argument functions that each compute ``(loss, logits, parts)`` and are applied one after
-another (one optimiser step each). Almost every objective is one update; the alternating replay of the
-fine-tune is two (a clean step, then an adversarial step made with the updated weights). ``parts`` holds
-the loss terms that are logged per epoch. Adversarial examples are made with the model in eval mode
-(the attacks see to it).
+An objective is a function ``loss(model, x, y, *, attack, **hyperparameters) -> (loss, logits, parts)``
+on one training batch, in the manner of TRADES' reference ``trades_loss``: ``attack(model, x, y)`` makes the
+adversarial batch (it may take ``loss_fn`` and ``x_init``), ``logits`` are the predictions whose accuracy
+is logged as ``train_acc``, and ``parts`` are the loss terms logged per epoch. They are registered by name
+in ``OBJECTIVES``; :func:`robustlib.train.fit` runs them, and owns the loop, the replay of clean and
+adversarial updates and the clean-only tail.
 
-- ``Clean``       standard training.
-- ``Madry``       eq. (3), the adversarial loss; ``mix=True`` is eq. (4), clean + adversarial.
-- ``Trades``      eq. (6): CE(f(x), y) + (1/λ) KL(f(x) || f(x')), x' maximising the KL, started from
-                  x + 0.001 N(0, 1) as TRADES' reference code does.
-- ``Mart``        MART: boosted CE on x' plus KL(f(x) || f(x')) weighted by 1 - f(x)_y.
-- ``Finetune``    the paper (Section IV-A): 1:1 replay of clean and adversarial samples, ε on a schedule,
-                  clean samples only in the tail; ``constrained=True`` adds the multiplier λ of eq. (8-9).
+- ``clean``        standard training.
+- ``madry``        eq. (3), the loss at the adversarial point.
+- ``madry-mix``    eq. (4), clean + adversarial.
+- ``trades``       eq. (6): CE(f(x), y) + (1/λ) KL(f(x) || f(x')), x' maximising the KL, started from
+                   x + 0.001 N(0, 1) as TRADES' reference code does.
+- ``mart``         MART: boosted CE on x' plus KL(f(x) || f(x')) weighted by 1 - f(x)_y.
+- ``finetune``     the paper (Section IV-A): one batch holding the clean samples and their adversarial
+                   copies, 1:1 (``clean_weight`` sets another ratio).
+- ``constrained``  the Lagrangian of eq. (8-9): :class:`Constrained`, which carries its multiplier λ.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import dra, pgd
+from .attacks import ATTACKS
 from .models import eval_mode
 
 
-@dataclass
+@dataclass(frozen=True)
 class EpsSchedule:
     """Section V.A: ε decays linearly from ``eps_max`` to ``eps_min`` over the first ``decay`` fraction of the
     epochs; after that, training sees clean samples only (``clean_tail=True``) or stays at ``eps_min``.
@@ -69,88 +73,64 @@ class EpsSchedule:
 
 
 class Adversary:
-    """Makes training adversarial examples with a named attack and a (possibly scheduled) budget.
+    """A training adversary: the attack ``ATTACKS[attack]`` with a budget that may follow an :class:`EpsSchedule`.
 
-    ``pgd``: L∞ radius ε, ``steps`` steps of ``step_factor * ε / steps``. ``dra``: per-image L1 budget ε,
-    fraction ``p``, ``steps`` iterations (Algorithm 1). ``eps`` is a number or an :class:`EpsSchedule`.
+    ``Adversary("dra", eps=EpsSchedule(2.0, 0.5, 12), steps=5, p=1/3)``; every keyword besides ``eps`` is
+    passed to the attack as it is (``steps``, ``p``, ``step_factor``, ``random_start``, ``seed``, ...).
+    ``adversary.at(epoch)`` is the attack of that epoch, ``None`` where the budget is 0 (clean samples only).
     """
 
-    def __init__(self, name: str, *, eps, steps: int, p: float = 1 / 3, step_factor: float = 2.5,
-                 rank_by: str = "last_grad", budget: str = "per_image", random_start: bool = False):
-        if name not in ("pgd", "dra"):
-            raise ValueError(f"unknown adversary {name!r}; use 'pgd' or 'dra'")
+    def __init__(self, attack: str, *, eps: float | EpsSchedule, **settings):
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown adversary {attack!r}; choose one of {', '.join(ATTACKS)}")
+        steps = settings.get("steps", 1)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"adversary steps must be an integer >= 1, got {steps!r}")
-        if not 0 <= p <= 1:
-            raise ValueError(f"adversary p must be a fraction in [0, 1], got {p!r}")
-        if not callable(eps) and not eps >= 0:
-            raise ValueError(f"adversary eps must be >= 0 or an EpsSchedule, got {eps!r}")
-        self.name, self.eps, self.steps, self.p = name, eps, steps, p
-        self.step_factor, self.rank_by, self.budget = step_factor, rank_by, budget
-        self.random_start = random_start
+        if not 0 <= settings.get("p", 0) <= 1:
+            raise ValueError(f"adversary p must be a fraction in [0, 1], got {settings['p']!r}")
+        if not isinstance(eps, EpsSchedule) and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"adversary eps must be a finite number >= 0 or an EpsSchedule, got {eps!r}")
+        self.attack, self.eps, self.settings = attack, eps, dict(settings)
 
     def eps_at(self, epoch: int) -> float:
-        return float(self.eps(epoch)) if callable(self.eps) else float(self.eps)
+        return float(self.eps(epoch)) if isinstance(self.eps, EpsSchedule) else float(self.eps)
 
-    def __call__(self, model, x, y, *, epoch: int, loss_fn=None, x_init=None) -> torch.Tensor:
+    def at(self, epoch: int) -> Callable | None:
+        """``attack(model, x, y, **kwargs)`` with this epoch's budget, or ``None`` when the budget is 0."""
         eps = self.eps_at(epoch)
         if eps == 0:
-            return x
-        if self.name == "pgd":
-            return pgd(model, x, y, eps=eps, steps=self.steps, step_size=self.step_factor * eps / self.steps,
-                       x_init=x_init, loss_fn=loss_fn, random_start=self.random_start, seed=None)
-        return dra(model, x, y, eps=eps, p=self.p, steps=self.steps, rank_by=self.rank_by, budget=self.budget,
-                   loss_fn=loss_fn, x_init=x_init)
+            return None
+        fn = ATTACKS[self.attack]
+        return lambda model, x, y, **kwargs: fn(model, x, y, eps=eps, **self.settings, **kwargs)
 
     def describe(self) -> str:
         e = (f"{self.eps.eps_max:g}->{self.eps.eps_min:g}" if isinstance(self.eps, EpsSchedule) else f"{self.eps:g}")
-        if self.name == "pgd":
-            return f"PGD-{self.steps} (eps={e}, step={self.step_factor:g}*eps/{self.steps})"
-        return f"DRA (eps={e} L1, p={self.p:.3g}, T={self.steps})"
+        return ATTACKS[self.attack].describe(e, **self.settings)
 
 
-class Objective:
-    """Base class: ``__call__`` gives the updates; ``end_epoch`` may adapt state; state is checkpointed."""
+# --- objectives -------------------------------------------------------------------------------------------
 
-    def __call__(self, model: nn.Module, x, y, epoch: int):
-        raise NotImplementedError
-
-    def end_epoch(self, model: nn.Module, row: dict) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+def clean(model: nn.Module, x, y, *, attack=None):
+    """Standard training: the cross-entropy on the clean batch."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    return loss, logits, {"clean_loss": loss.detach()}
 
 
-class Clean(Objective):
-    def __call__(self, model, x, y, epoch):
-        def update():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            return loss, logits, {"clean_loss": loss.detach()}
-        return [update]
+def madry(model: nn.Module, x, y, *, attack):
+    """Eq. (3): minimise the loss at the adversarial point."""
+    logits_adv = model(attack(model, x, y))
+    adv = F.cross_entropy(logits_adv, y)
+    return adv, logits_adv, {"adv_loss": adv.detach()}
 
 
-class Madry(Objective):
-    """Eq. (3): minimise the loss at the adversarial point; ``mix=True``: eq. (4), clean + adversarial."""
-
-    def __init__(self, adversary: Adversary, mix: bool = False):
-        self.adversary, self.mix = adversary, mix
-
-    def __call__(self, model, x, y, epoch):
-        def update():
-            x_adv = self.adversary(model, x, y, epoch=epoch)
-            logits_adv = model(x_adv)
-            adv = F.cross_entropy(logits_adv, y)
-            if not self.mix:
-                return adv, logits_adv, {"adv_loss": adv.detach()}
-            logits = model(x)
-            clean = F.cross_entropy(logits, y)
-            return clean + adv, logits, {"clean_loss": clean.detach(), "adv_loss": adv.detach()}
-        return [update]
+def madry_mix(model: nn.Module, x, y, *, attack):
+    """Eq. (4): clean + adversarial cross-entropy."""
+    logits_adv = model(attack(model, x, y))
+    adv = F.cross_entropy(logits_adv, y)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    return loss + adv, logits, {"clean_loss": loss.detach(), "adv_loss": adv.detach()}
 
 
 def _kl_to(p_clean: torch.Tensor):
@@ -158,122 +138,87 @@ def _kl_to(p_clean: torch.Tensor):
     return lambda logits, _y: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
 
 
-class Trades(Objective):
+def _near(x: torch.Tensor) -> torch.Tensor:
+    """TRADES' and MART's reference start point: x + 0.001 N(0, 1), in [0, 1]."""
+    return (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+
+
+def trades(model: nn.Module, x, y, *, attack, beta: float):
     """Eq. (6) with β = 1/λ: CE(f(x), y) + β · KL(f(x) || f(x')), as in TRADES' reference ``trades_loss``."""
-
-    def __init__(self, adversary: Adversary, beta: float):
-        self.adversary, self.beta = adversary, beta
-
-    def __call__(self, model, x, y, epoch):
-        def update():
-            with torch.no_grad(), eval_mode(model):
-                p_clean = F.softmax(model(x), 1)
-            start = x + 0.001 * torch.randn_like(x)     # TRADES' reference start point
-            x_adv = self.adversary(model, x, y, epoch=epoch, loss_fn=_kl_to(p_clean), x_init=start.clamp(0, 1))
-            logits = model(x)
-            clean = F.cross_entropy(logits, y)
-            robust = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="batchmean")
-            return clean + self.beta * robust, logits, {"clean_loss": clean.detach(), "kl_loss": robust.detach()}
-        return [update]
+    with torch.no_grad(), eval_mode(model):
+        p_clean = F.softmax(model(x), 1)
+    x_adv = attack(model, x, y, loss_fn=_kl_to(p_clean), x_init=_near(x))
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    robust = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="batchmean")
+    return loss + beta * robust, logits, {"clean_loss": loss.detach(), "kl_loss": robust.detach()}
 
 
-class Mart(Objective):
+def mart(model: nn.Module, x, y, *, attack, beta: float = 6.0):
     """MART (Wang et al. 2020), after its reference ``mart_loss``: BCE on x' + β KL weighted by 1 - p_y(x)."""
-
-    def __init__(self, adversary: Adversary, beta: float = 6.0):
-        self.adversary, self.beta = adversary, beta
-
-    def __call__(self, model, x, y, epoch):
-        def update():
-            start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-            x_adv = self.adversary(model, x, y, epoch=epoch, x_init=start)
-            logits, logits_adv = model(x), model(x_adv)
-            adv_probs = F.softmax(logits_adv, 1)
-            top2 = adv_probs.argsort(1)[:, -2:]
-            new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])   # the strongest wrong class
-            bce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
-            nat_probs = F.softmax(logits, 1)
-            true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
-            kl = (F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
-                  * (1.0000001 - true_probs)).mean()
-            return bce + self.beta * kl, logits, {"bce_loss": bce.detach(), "kl_loss": kl.detach()}
-        return [update]
+    x_adv = attack(model, x, y, x_init=_near(x))
+    logits, logits_adv = model(x), model(x_adv)
+    adv_probs = F.softmax(logits_adv, 1)
+    top2 = adv_probs.argsort(1)[:, -2:]
+    new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])   # the strongest wrong class
+    bce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(logits, 1)
+    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+    kl = (F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+          * (1.0000001 - true_probs)).mean()
+    return bce + beta * kl, logits, {"bce_loss": bce.detach(), "kl_loss": kl.detach()}
 
 
-class Finetune(Objective):
-    """The paper's transfer adversarial fine-tune (Section IV-A, Fig. 2).
+def replay_weights(ratio: float) -> tuple[float, float]:
+    """Clean and adversarial weights with mean 1: ratio 1 is the paper's 1:1 replay, the plain mean."""
+    if not ratio >= 0:
+        raise ValueError(f"ratio is the clean:adversarial weight and must be >= 0, got {ratio!r}")
+    return 2 * ratio / (1 + ratio), 2 / (1 + ratio)
 
-    Every batch is replayed 1:1, clean and adversarial: ``replay="concat"`` trains on one batch holding
-    both (the mean of the two cross-entropies), ``replay="alternating"`` makes a clean update and then an
-    adversarial one. While the schedule gives ε = 0 (the tail) only clean samples are used.
 
-    ``constrained=True`` is the Lagrangian of eq. (8-9), which the paper argues for but does not train:
-    loss = CE(x') + λ · CE(x), and after each epoch λ ← max(0, λ + η (E[CE(x; θ)] − E[CE(x; θ_std)])), the
-    right-hand side measured once on θ_std. Both expectations are the mean clean cross-entropy, in eval
-    mode, on the same fixed sample of training images (``constraint_data``). λ is logged and checkpointed.
+def _both(model: nn.Module, x, y, attack):
+    """One forward pass over the clean batch and its adversarial copy: (clean CE, adversarial CE, clean logits)."""
+    x_adv = attack(model, x, y)
+    logits = model(torch.cat([x, x_adv]))
+    return F.cross_entropy(logits[:len(x)], y), F.cross_entropy(logits[len(x):], y), logits[:len(x)]
+
+
+def finetune(model: nn.Module, x, y, *, attack, clean_weight: float = 1.0):
+    """The paper's transfer fine-tune (Section IV-A, Fig. 2): one batch holding the clean samples and their
+    adversarial copies, the mean of the two cross-entropies (``clean_weight`` : 1 for another ratio)."""
+    w_clean, w_adv = replay_weights(clean_weight)
+    loss, adv, logits = _both(model, x, y, attack)
+    return (w_clean * loss + w_adv * adv) / 2, logits, {"clean_loss": loss.detach(), "adv_loss": adv.detach()}
+
+
+@dataclass
+class Constrained:
+    """The Lagrangian of eq. (8-9), which the paper argues for but does not train: CE(x') + λ · CE(x).
+
+    After each epoch λ ← max(0, λ + η (E[CE(x; θ)] − E[CE(x; θ_std)])), both the mean clean cross-entropy
+    in eval mode on the same fixed sample of training images (``data``); ``std_loss`` is the right-hand
+    side, measured once on θ_std (:meth:`for_theta_std`). λ is logged and checkpointed. Its two losses
+    share one update, so it needs the concatenated replay.
     """
 
-    def __init__(self, adversary: Adversary, *, replay: str = "concat", ratio: float = 1.0, constrained: bool = False,
-                 constraint_data=None, std_model: nn.Module | None = None, lam: float = 1.0, lam_lr: float = 1.0):
-        if replay not in ("concat", "alternating"):
-            raise ValueError(f"replay must be 'concat' or 'alternating', got {replay!r}")
-        if not ratio >= 0:
-            raise ValueError(f"ratio is the clean:adversarial weight and must be >= 0, got {ratio!r}")
-        if constrained and ratio != 1.0:
-            raise ValueError("the constrained fine-tune sets the clean weight by dual ascent; leave ratio=1")
-        if constrained and replay == "alternating":
-            raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
-        if constrained and (constraint_data is None or std_model is None):
-            raise ValueError("the constrained fine-tune needs constraint_data=(x, y) and std_model=theta_std")
-        self.adversary, self.replay, self.constrained = adversary, replay, constrained
-        # weights with mean 1: ratio 1 is the paper's 1:1 replay, the plain mean of the two losses
-        self.w_clean, self.w_adv = 2 * ratio / (1 + ratio), 2 / (1 + ratio)
-        self.constraint_data, self.lam, self.lam_lr = constraint_data, lam, lam_lr
-        self.std_loss = self.clean_loss(std_model) if constrained else None
+    data: tuple
+    std_loss: float
+    lam: float = 1.0
+    lam_lr: float = 1.0
+    concat_only = True
 
-    @torch.no_grad()
-    def clean_loss(self, model: nn.Module) -> float:
-        """Mean clean cross-entropy on the fixed constraint sample, in eval mode."""
-        x, y = self.constraint_data
-        device = next(model.parameters()).device
-        with eval_mode(model):
-            return F.cross_entropy(model(x.to(device)), y.to(device)).item()
+    @classmethod
+    def for_theta_std(cls, theta_std: nn.Module, data: tuple, **kwargs) -> "Constrained":
+        return cls(data, mean_clean_loss(theta_std, data), **kwargs)
 
-    def __call__(self, model, x, y, epoch):
-        clean_only = self.adversary.eps_at(epoch) == 0
+    def __call__(self, model: nn.Module, x, y, *, attack):
+        loss, adv, logits = _both(model, x, y, attack)
+        return adv + self.lam * loss, logits, {"clean_loss": loss.detach(), "adv_loss": adv.detach()}
 
-        def clean_update(weight=1.0):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            return weight * loss, logits, {"clean_loss": loss.detach()}
-
-        def adv_update():
-            x_adv = self.adversary(model, x, y, epoch=epoch)
-            logits = model(x_adv)
-            loss = F.cross_entropy(logits, y)
-            return self.w_adv * loss, logits, {"adv_loss": loss.detach()}
-
-        def joint_update():
-            x_adv = self.adversary(model, x, y, epoch=epoch)
-            logits = model(torch.cat([x, x_adv]))
-            clean = F.cross_entropy(logits[:len(x)], y)
-            adv = F.cross_entropy(logits[len(x):], y)
-            weight = self.lam if self.constrained else 1.0
-            loss = (adv + weight * clean) if self.constrained else (self.w_clean * clean + self.w_adv * adv) / 2
-            return loss, logits[:len(x)], {"clean_loss": clean.detach(), "adv_loss": adv.detach()}
-
-        if clean_only:
-            return [clean_update]
-        if self.replay == "alternating":
-            return [lambda: clean_update(self.w_clean), adv_update]
-        return [joint_update]
-
-    def end_epoch(self, model: nn.Module, row: dict) -> dict:
-        if not self.constrained:
-            return {}
-        gap = self.clean_loss(model) - self.std_loss          # > 0: the constraint of eq. (7) is violated
+    def end_epoch(self, model: nn.Module) -> dict:
+        gap = mean_clean_loss(model, self.data) - self.std_loss    # > 0: the constraint of eq. (7) is violated
         lam_used = self.lam
-        self.lam = max(0.0, self.lam + self.lam_lr * gap)      # dual ascent on eq. (9)
+        self.lam = max(0.0, self.lam + self.lam_lr * gap)          # dual ascent on eq. (9)
         return {"lambda": lam_used, "constraint_gap": gap}
 
     def state_dict(self) -> dict:
@@ -281,3 +226,18 @@ class Finetune(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state.get("lam", self.lam))
+
+
+@torch.no_grad()
+def mean_clean_loss(model: nn.Module, data: tuple) -> float:
+    """Mean clean cross-entropy of ``model`` on ``data = (x, y)``, in eval mode."""
+    x, y = data
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        return F.cross_entropy(model(x.to(device)), y.to(device)).item()
+
+
+OBJECTIVES: dict[str, Callable] = {
+    "clean": clean, "madry": madry, "madry-mix": madry_mix, "trades": trades, "mart": mart,
+    "finetune": finetune, "constrained": Constrained,
+}

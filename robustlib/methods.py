@@ -3,70 +3,109 @@
 ``train_method(cfg, "ours")`` fine-tunes theta_std with DRA; ``"trades"``, ``"madry"``, ``"mart"`` are
 the baselines (from theta_std or from scratch, ``baseline_init``); ``"control"`` is theta_std trained for
 the same number of extra epochs on clean data only, so that a gain is not just more training. Any method
-takes any adversary (``adversary="pgd"`` or ``"dra"``), as Table V needs. Every run checkpoints each
-epoch, keeps the last and the best (by robust accuracy on the held-out split), and resumes.
+takes any training attack of :data:`~robustlib.attacks.ATTACKS` (``adversary="pgd"`` or ``"dra"``), as
+Table V needs.
+
+A run is three steps: :func:`build_run` reads the profile (through a
+:class:`~robustlib.profiles.Recorder`, so the run's settings are exactly the fields it read) and makes the
+objective, the adversary and the data; :func:`train_method` loads its checkpoint if those settings match,
+else trains it with :func:`~robustlib.train.fit`; the caller evaluates (:func:`~robustlib.evaluate.evaluate_table`).
+Every run checkpoints each epoch, keeps the last and the best (by robust accuracy on the held-out split),
+and resumes.
+
+Adding a method is one :class:`Method` entry in ``METHODS``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
 import pandas as pd
 import torch
+from torch import nn
 
-from .data import load_splits, split_validation
-from .evaluate import accuracy, parse_eps, robust_accuracy, run_attack
+from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
+from .config import RunConfig
+from .data import ImageData, load_splits, split_validation
+from .evaluate import accuracy, evaluate_table, run_attack
 from .io import RobustlibError
-from .losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
-from .models import build_model, model_spec
-from .train import PRETRAIN_FIELDS, fit, load_checkpoint, make_train_loader, pretrain, run_meta, vanilla_name
-
-METHODS = ("vanilla", "control", "madry", "madry-mix", "trades", "mart", "ours", "ours-constrained")
-DEFAULT_ADVERSARY = {"madry": "pgd", "madry-mix": "pgd", "trades": "pgd", "mart": "pgd",
-                     "ours": "dra", "ours-constrained": "dra"}
+from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
+from .models import build_model
+from .profiles import Recorder, parse_eps
+from .train import fit, load_best, load_run, make_train_loader, pretrain, read_data_settings, run_meta, vanilla_name
 
 
-def make_adversary(profile, method: str, name: str, epochs: int) -> Adversary:
-    """The training adversary of ``method``: its budget, schedule and steps come from the profile."""
-    main = parse_eps(profile.main_eps)[0]
-    ours = method.startswith("ours")
-    if name == "dra":
-        eps = (EpsSchedule(profile.ft_eps_max, profile.ft_eps_min, epochs, profile.ft_decay, profile.ft_clean_tail)
-               if ours else profile.ft_eps_max)
-        return Adversary("dra", eps=eps, steps=profile.dra_steps, p=profile.dra_p)
-    if name == "pgd":
-        # ours + PGD keeps the fine-tune's schedule, with the same max/min ratio in L∞ units
-        ratio = profile.ft_eps_min / profile.ft_eps_max if profile.ft_eps_max else 1.0
-        eps = EpsSchedule(main, main * ratio, epochs, profile.ft_decay, profile.ft_clean_tail) if ours else main
-        # Madry et al. start PGD from a random point of the ball; TRADES and MART from x + 0.001 N(0, 1)
-        return Adversary("pgd", eps=eps, steps=profile.at_steps, random_start=method.startswith("madry"))
-    raise RobustlibError(f"unknown adversary {name!r}; use pgd or dra")
+@dataclass(frozen=True)
+class Method:
+    """A ``METHODS`` entry: the objective a method trains and how a profile sets it up.
 
-
-def run_fields(method: str, adversary: str, scratch: bool) -> tuple[str, ...]:
-    """The profile fields one run depends on: a checkpoint is refused only when one of them changes.
-
-    Every run depends on theta_std's fields, its epochs and learning rate, the training subset and the
-    held-out PGD that picks its best epoch (``main_eps``, ``at_steps``); the fine-tune also on its
-    schedule and replay; an adversary on its own settings. So raising ``ft_eps_max`` retrains Ours and
-    any DRA-trained run, not the PGD baselines.
+    objective : a key of :data:`~robustlib.losses.OBJECTIVES` or a loss function; ``None`` is theta_std
+        itself (vanilla).
+    adversary : its default training attack, a key of :data:`~robustlib.attacks.ATTACKS` (``None``: clean).
+    baseline : trained from theta_std or from scratch, as the profile's ``baseline_init`` says; otherwise
+        always from theta_std for the fine-tune's epochs.
+    finetune : the paper's budget schedule (``ft_eps_max`` -> ``ft_eps_min``, then clean-only epochs).
+    beta : the profile's default for the objective's ``beta`` (TRADES' 1/λ, MART's β); the run's name
+        carries its value (``trades-b1-s0``).
+    setup : ``setup(p, run) -> dict`` of :func:`~robustlib.train.fit`'s ``objective``, ``replay`` and
+        ``clean_weight`` where they come from the profile ``p`` (``run`` has ``theta_std``, ``train``, ``seed``).
+    attack_options : extra settings per training attack (Madry et al. start PGD at a random point).
     """
-    fields = list(PRETRAIN_FIELDS) + ["main_eps", "at_steps"]
-    if method in ("madry", "madry-mix", "trades", "mart"):
-        fields += ["baseline_init"]              # from scratch or from theta_std: only the baselines
-    if not scratch:
-        fields += ["ft_epochs", "ft_lr", "ft_lr_schedule", "ft_train_limit"]
-    if method.startswith("ours"):
-        fields += ["ft_eps_max", "ft_eps_min", "ft_decay", "ft_clean_tail", "ft_replay"]
-        fields += ["lam_lr"] if method == "ours-constrained" else ["ft_replay_ratio"]
-    if adversary == "dra":
-        fields += ["ft_eps_max", "dra_p", "dra_steps"]
-    if method == "mart":
-        fields += ["mart_beta"]
-    return tuple(dict.fromkeys(fields))
+
+    objective: str | Callable | None
+    adversary: str | None = None
+    baseline: bool = False
+    finetune: bool = False
+    beta: Callable | None = None
+    setup: Callable | None = None
+    attack_options: dict = field(default_factory=dict)
+
+
+def _ours(p, run) -> dict:
+    """Section IV-A: the 1:1 replay of clean and DRA samples, concatenated in one batch or alternating."""
+    if p.ft_replay == "alternating":
+        return {"objective": OBJECTIVES["madry"], "replay": "alternating", "clean_weight": p.ft_replay_ratio}
+    return {"objective": partial(OBJECTIVES["finetune"], clean_weight=p.ft_replay_ratio)}
+
+
+def _ours_constrained(p, run) -> dict:
+    """Eq. (8-9): λ by dual ascent on the clean loss of a fixed sample of 1,000 training images."""
+    if p.ft_replay != "concat":
+        raise RobustlibError("the constrained fine-tune weighs both losses in one update; use ft_replay='concat'")
+    sub = run["train"].subset(min(1000, len(run["train"])), seed=run["seed"])
+    return {"objective": Constrained.for_theta_std(run["theta_std"], (sub.float_x(), sub.y), lam_lr=p.lam_lr)}
+
+
+RANDOM_START = {"pgd": {"random_start": True}}    # Madry et al.; TRADES and MART start at x + 0.001 N(0, 1)
+
+METHODS: dict[str, Method] = {
+    "vanilla": Method(None),
+    "control": Method("clean"),
+    "madry": Method("madry", "pgd", baseline=True, attack_options=RANDOM_START),
+    "madry-mix": Method("madry-mix", "pgd", baseline=True, attack_options=RANDOM_START),
+    "trades": Method("trades", "pgd", baseline=True, beta=lambda p: p.trades_betas[0]),
+    "mart": Method("mart", "pgd", baseline=True, beta=lambda p: p.mart_beta),
+    "ours": Method("finetune", "dra", finetune=True, setup=_ours),
+    "ours-constrained": Method("constrained", "dra", finetune=True, setup=_ours_constrained),
+}
+
+
+def make_adversary(p, method: Method, attack: str, epochs: int) -> Adversary:
+    """The training adversary: the attack's budget from the profile (:attr:`Attack.budget`), on the
+    fine-tune's schedule for a fine-tune (same max/min ratio in the attack's own units), constant otherwise."""
+    if attack not in ATTACKS or ATTACKS[attack].budget is None:
+        usable = [k for k, a in ATTACKS.items() if a.budget is not None]
+        raise RobustlibError(f"unknown training adversary {attack!r}; choose one of {', '.join(usable)}")
+    eps_max, eps_min, settings = ATTACKS[attack].budget(p, method.finetune)
+    eps = EpsSchedule(eps_max, eps_min, epochs, p.ft_decay, p.ft_clean_tail) if method.finetune else eps_max
+    return Adversary(attack, eps=eps, **settings, **method.attack_options.get(attack, {}))
 
 
 def run_name(method: str, seed: int, adversary: str | None = None, beta: float | None = None, tag: str = "") -> str:
     """``trades-b1-s0``, ``madry-dra-s0``, ``ours-p0-s2``: the checkpoint and metrics name of one run."""
     parts = [method]
-    if adversary and adversary != DEFAULT_ADVERSARY.get(method):
+    if adversary and adversary != METHODS[method].adversary:
         parts.append(adversary)
     if beta is not None:
         parts.append(f"b{beta:g}")
@@ -75,14 +114,81 @@ def run_name(method: str, seed: int, adversary: str | None = None, beta: float |
     return "-".join(parts) + f"-s{seed}"
 
 
-def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | None = None,
-                 beta: float | None = None, retrain: bool = False, progress: bool = True, data=None):
-    """Train (or load) one method for a profile and seed.
+def _objective(m: Method, p, run: dict, beta) -> dict:
+    if m.setup is not None:
+        return m.setup(p, run)
+    fn = OBJECTIVES[m.objective] if isinstance(m.objective, str) else m.objective
+    return {"objective": partial(fn, beta=beta) if beta is not None else fn}
+
+
+def heldout_metrics(model: nn.Module, x, y, *, eps: float, steps: int) -> dict:
+    """What picks a run's best epoch: clean and PGD accuracy on the held-out split (PGD-``steps``, step
+    2.5*eps/steps, from the clean point)."""
+    if len(y) == 0:
+        return {}
+    xa = run_attack("pgd", model, x, y, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR)
+    return {"val_acc": accuracy(model, x, y), "val_robust_acc": accuracy(model, xa, y)}
+
+
+def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,
+              beta: float | None = None, data=None, progress: bool = True) -> dict:
+    """Everything one run needs, read from the profile, before anything is trained or loaded.
+
+    Returns a dict with ``name``, ``meta`` (what its checkpoint must match: the settings read, their hash,
+    theta_std's fingerprint), ``fit`` (the keyword arguments of :func:`~robustlib.train.fit`), ``adversary``,
+    ``theta_std`` and ``scratch``.
+    """
+    if method not in METHODS:
+        raise RobustlibError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    m, p = METHODS[method], Recorder(cfg.profile)
+    seed = cfg.profile.seed if seed is None else seed
+    train, test = data or load_splits(cfg.profile, cfg.data_root)
+    theta_std, _ = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
+    read_data_settings(p)
+    train, val = split_validation(train, p.val_size, p.seed)
+    scratch = m.baseline and p.baseline_init == "scratch"
+    epochs = p.epochs if scratch else p.ft_epochs
+    if not scratch and p.ft_train_limit:
+        train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
+    attack = adversary or m.adversary
+    adv = make_adversary(p, m, attack, epochs) if attack else None
+    beta = (m.beta(p) if beta is None else beta) if m.beta else None
+    run = {"theta_std": theta_std, "train": train, "seed": seed}
+    fit_kwargs = dict(_objective(m, p, run, beta), adversary=adv, epochs=epochs,
+                      lr=p.lr if scratch else p.ft_lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                      lr_schedule=p.lr_schedule if scratch else p.ft_lr_schedule, milestones=p.milestones)
+    main = parse_eps(p.main_eps)[0]
+    xv, yv = val.float_x(), val.y
+    fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps)
+    fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
+    loader = make_train_loader(cfg, train, seed=seed, p=p)
+    name = run_name(method, seed, adversary, beta, cfg.tag)
+    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std))
+    return {"name": name, "meta": meta, "fit": fit_kwargs, "loader": loader, "adversary": adv,
+            "theta_std": theta_std, "scratch": scratch, "seed": seed}
+
+
+def _train(cfg: RunConfig, run: dict, progress: bool):
+    torch.manual_seed(run["seed"])
+    model = build_model(**run["meta"]["model"]).to(cfg.device)
+    if not run["scratch"]:
+        model.load_state_dict(run["theta_std"].state_dict())   # Section IV-A: every layer starts from theta_std
+    history = fit(model, run["loader"], **run["fit"], device=cfg.device, run_dir=cfg.run_dir, name=run["name"],
+                  meta=run["meta"], seed=run["seed"], progress=progress)
+    adv = run["adversary"]
+    if adv is not None:
+        history["train_eps"] = [adv.eps_at(e) for e in range(len(history))]
+    return model.eval(), history
+
+
+def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,
+                 beta: float | None = None, retrain: bool = False, progress: bool = True, data=None) -> dict:
+    """Train (or load) one method for a profile and seed: build the run, then load it or train it.
 
     Parameters
     ----------
     method : one of ``METHODS``.
-    adversary : ``"pgd"`` or ``"dra"``; default DRA for ours, PGD for the baselines.
+    adversary : a training attack of ``ATTACKS`` (``"pgd"``, ``"dra"``); default the method's own.
     beta : TRADES' 1/λ (default: the profile's first) or MART's β (default: the profile's).
 
     Returns
@@ -90,134 +196,33 @@ def train_method(cfg, method: str, *, seed: int | None = None, adversary: str | 
     dict with ``model`` (last epoch), ``best`` (best held-out robust accuracy), ``history`` (DataFrame),
     ``name`` and ``adversary`` (a description with its settings).
     """
-    if method not in METHODS:
-        raise RobustlibError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    p = cfg.profile
-    seed = p.seed if seed is None else seed
-    train, test = data or load_splits(p, cfg.data_root)
-    theta_std, vanilla_hist = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
-    if method == "vanilla":
-        return {"model": theta_std, "best": theta_std, "history": vanilla_hist, "name": vanilla_name(cfg, seed),
+    if method in METHODS and METHODS[method].objective is None:      # vanilla: theta_std itself
+        train, test = data or load_splits(cfg.profile, cfg.data_root)
+        theta_std, hist = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
+        return {"model": theta_std, "best": theta_std, "history": hist, "name": vanilla_name(cfg, seed),
                 "adversary": "none"}
-    train, val = split_validation(train, p.val_size, p.seed)
-    scratch = method in ("madry", "madry-mix", "trades", "mart") and p.baseline_init == "scratch"
-    epochs = p.epochs if scratch else p.ft_epochs
-    if not scratch and p.ft_train_limit:
-        train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
-    adv_name = adversary or DEFAULT_ADVERSARY.get(method)
-    adv = make_adversary(p, method, adv_name, epochs) if adv_name else None
-    if method == "trades":
-        beta = p.trades_betas[0] if beta is None else beta
-    if method == "mart":
-        beta = p.mart_beta if beta is None else beta
-    objective = {
-        "control": lambda: Clean(),
-        "madry": lambda: Madry(adv),
-        "madry-mix": lambda: Madry(adv, mix=True),
-        "trades": lambda: Trades(adv, beta),
-        "mart": lambda: Mart(adv, beta),
-        "ours": lambda: Finetune(adv, replay=p.ft_replay, ratio=p.ft_replay_ratio),
-        "ours-constrained": lambda: Finetune(adv, replay=p.ft_replay, constrained=True, std_model=theta_std,
-                                             constraint_data=_constraint_sample(train, seed), lam_lr=p.lam_lr),
-    }[method]()
-    name = run_name(method, seed, adversary, beta if method in ("trades", "mart") else None, getattr(cfg, "tag", ""))
-    fields = run_fields(method, adv_name, scratch)
-    meta = {**run_meta(cfg, name), "check_fields": list(fields),
-            "theta_std": "scratch" if scratch else fingerprint(theta_std)}
-    final = cfg.path("checkpoints", f"{name}.pt")
-    if final.exists() and not retrain:
-        model, _ = load_checkpoint(final, expect={"kind": name, "model": meta["model"], "theta_std": meta["theta_std"]},
-                                   device=cfg.device, profile=p, fields=fields)
-        best_path, metrics = cfg.path("checkpoints", f"{name}.best.pt"), cfg.path("metrics", f"{name}.csv")
-        best = load_checkpoint(best_path, device=cfg.device)[0] if best_path.exists() else model
-        hist = pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()
-        return {"model": model, "best": best, "history": hist, "name": name,
-                "adversary": adv.describe() if adv else "none"}
-    if retrain:
-        for suffix in ("pt", "last.pt", "best.pt"):
-            cfg.path("checkpoints", f"{name}.{suffix}").unlink(missing_ok=True)
-    torch.manual_seed(seed)
-    model = build_model(**model_spec(p)).to(cfg.device)
-    if not scratch:
-        model.load_state_dict(theta_std.state_dict())      # Section IV-A: every layer starts from theta_std
-    main = parse_eps(p.main_eps)[0]
-    xv, yv = val.float_x(), val.y
-
-    def evaluate(m):
-        if len(yv) == 0:
-            return {}
-        xa = run_attack("pgd", m, xv, yv, eps=main, steps=p.at_steps, step_size=2.5 * main / p.at_steps)
-        return {"val_acc": accuracy(m, xv, yv), "val_robust_acc": accuracy(m, xa, yv)}
-
-    history = fit(model, make_train_loader(cfg, train, seed=seed), epochs=epochs,
-                  lr=p.lr if scratch else p.ft_lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                  lr_schedule=p.lr_schedule if scratch else p.ft_lr_schedule, milestones=p.milestones,
-                  objective=objective, evaluate=evaluate, device=cfg.device, run_dir=cfg.run_dir, name=name,
-                  meta=meta, seed=seed, progress=progress, best_metric="val_robust_acc" if len(yv) else None)
-    if adv is not None:
-        history["train_eps"] = [adv.eps_at(e) for e in range(len(history))]
-    best_path = cfg.path("checkpoints", f"{name}.best.pt")
-    best = load_checkpoint(best_path, device=cfg.device)[0] if best_path.exists() else model
-    return {"model": model.eval(), "best": best, "history": history, "name": name,
-            "adversary": adv.describe() if adv else "none"}
-
-
-def fingerprint(model) -> str:
-    """A short hash of a model's weights: a fine-tune records the theta_std it started from."""
-    from .attacks import _fingerprint
-
-    return _fingerprint(model)
-
-
-def _constraint_sample(train, seed: int, n: int = 1000):
-    """A fixed sample of training images on which both sides of the constraint (7) are measured."""
-    sub = train.subset(min(n, len(train)), seed=seed)
-    return sub.float_x(), sub.y
-
-
-def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, autoattack_eps=None,
-                   autoattack_n: int = 0, autoattack_attacks=None, state_dir=None, seed: int = 0,
-                   natural_on=None) -> pd.DataFrame:
-    """One row per model: natural accuracy and robust accuracy at each eps under both protocols.
-
-    Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
-    is cheap, so it can be measured on the whole test split while the attacks run on a subset);
-    ``pgd@<eps>`` (paper protocol: PGD-20, step eps/20, from the clean point);
-    ``pgd-rs@<eps>`` (PGD-20 with random start, step 2.5*eps/20); and, at ``autoattack_eps`` on the first
-    ``autoattack_n`` images, ``strong@<eps>`` (the per-example worst case of PGD-rs and standard Linf
-    AutoAttack on those images, or the ``autoattack_attacks`` subset of it). eps labels are kept as written.
-    """
-    rows = []
-    for name, model in models.items():
-        row = {"method": name, "natural": accuracy(model, x, y)}
-        if natural_on is not None:
-            row["natural-all"] = accuracy(model, *natural_on)
-        for e in eps_list:
-            label = parse_eps(e)[1]
-            row[f"pgd@{label}"] = robust_accuracy(model, x, y, eps=e, protocol="paper")[0]["robust_acc"]
-            value = parse_eps(e)[0]
-            xa = run_attack("pgd", model, x, y, eps=value, steps=20, step_size=2.5 * value / 20,
-                            random_start=True, seed=seed)
-            row[f"pgd-rs@{label}"] = accuracy(model, xa, y)
-        if autoattack_eps is not None and autoattack_n > 0:
-            label = parse_eps(autoattack_eps)[1]
-            n = min(autoattack_n, len(y))
-            strong, _ = robust_accuracy(model, x[:n], y[:n], eps=autoattack_eps, protocol="strong", seed=seed,
-                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks)
-            row[f"strong@{label}"] = strong["robust_acc"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    run = build_run(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress)
+    described = run["adversary"].describe() if run["adversary"] else "none"
+    loaded = load_run(cfg, run["name"], run["meta"], retrain=retrain)
+    if loaded is None:
+        model, history = _train(cfg, run, progress)
+        best = load_best(cfg, run["name"])
+    else:
+        model, history, best = loaded
+    return {"model": model, "best": model if best is None else best, "history": history, "name": run["name"],
+            "adversary": described}
 
 
 def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps_list, data=None,
                retrain: bool = False, progress: bool = False) -> pd.DataFrame:
-    """Train (or load) every row for every seed and evaluate it with :func:`evaluate_table`.
+    """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`.
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
     ``cfg.variant(...)``), ``method``, optionally ``adversary`` and ``beta``, and any other keys, which are
     copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
-    again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded. Returns one row per (row, seed) with the
-    columns ``method`` (= name), ``natural``, ``pgd@<eps>``, ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras.
+    again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded.
+    Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
+    ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras.
     """
     out, retrained = [], set()
     for seed in seeds:
@@ -233,24 +238,3 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
-
-
-def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and standard deviation over seeds of the accuracy columns (``natural...`` and every ``...@eps``).
-
-    The standard deviation is the sample one (ddof=1), NaN where a group has a single seed (no spread is
-    claimed from one run).
-    """
-    keys = list(keys)
-    metrics = [c for c in per_seed.columns if c not in keys and (c.startswith("natural") or "@" in c)]
-    grouped = per_seed.groupby(keys, sort=False)[metrics]
-    return grouped.mean().reset_index(), grouped.std(ddof=1).where(grouped.count() > 1).reset_index()
-
-
-def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
-    """``"71.0 ± 1.2"`` strings (percent) for display; the CSVs keep the fractions."""
-    keys = list(keys)
-    m, s = mean.set_index(keys), std.set_index(keys)
-    cols = [c for c in m.columns if c.startswith("natural") or "@" in c]
-    fmt = lambda a, b: f"{100 * a:.1f}" + (f" ± {100 * b:.1f}" if pd.notna(b) else "")
-    return pd.DataFrame({c: [fmt(a, b) for a, b in zip(m[c], s[c])] for c in cols}, index=m.index)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .data import dataset_info
 from .io import RobustlibError
 
 
@@ -203,8 +204,6 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
 
 def model_spec(profile) -> dict:
     """The keyword arguments that rebuild the profile's model; stored in every checkpoint."""
-    from .data import dataset_info
-
     info = dataset_info(profile.dataset)
     return dict(name=profile.model, num_classes=info.num_classes, in_channels=info.in_channels,
                 image_size=info.image_size, width=profile.width, mean=list(info.mean), std=list(info.std))

@@ -1,7 +1,11 @@
 """Named profiles: every hyperparameter of a run in one frozen dataclass.
 
 One notebook serves every profile: its papermill ``parameters`` cell names a profile and a dict of
-overrides, and :func:`setup` turns them into a :class:`RunConfig` that the rest of the notebook reads.
+overrides, and :func:`robustlib.config.setup` turns them into a :class:`~robustlib.config.RunConfig`.
+
+This module sits at the bottom of the data flow and imports nothing from the rest of the package: a field
+is checked here for its type and range (a ``ValueError`` naming it); names that refer to a registry
+(datasets, models) are checked by :mod:`robustlib.config`, which sees the registries.
 
 Where Section V.A of the paper is silent (the pretraining schedule, the number of pretraining epochs) the
 value is our choice and says so in the field's comment.
@@ -9,19 +13,30 @@ value is our choice and says so in the field's comment.
 from __future__ import annotations
 
 import dataclasses
-import os
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
-
-from .io import RobustlibError
+from dataclasses import dataclass
+from fractions import Fraction
 
 SCHEDULES = ("cosine", "multistep", "constant")
-SMOKE_ENV = "ROBUSTLIB_SMOKE"
-RUNS_ENV = "ROBUSTLIB_RUNS"
-DATA_ENV = "ROBUSTLIB_DATA"
+REPLAYS = ("concat", "alternating")
+INITS = ("pretrained", "scratch")
+# the attacks of standard AutoAttack (and its extras), as pyautoattack names them
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+
+
+def parse_eps(value) -> tuple[float, str]:
+    """``"8/255"`` -> ``(0.03137..., "8/255")``; ``0.1`` -> ``(0.1, "0.1")``. The label keeps eps exactly as given."""
+    if isinstance(value, str):
+        try:
+            v = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
+        return v, value.strip()
+    if isinstance(value, Fraction):
+        return float(value), str(value)
+    try:
+        return float(value), f"{float(value):g}"
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read eps {value!r}; write it like 0.1 or 8/255") from None
 
 
 @dataclass(frozen=True)
@@ -110,10 +125,10 @@ class Profile:
             bad("ft_replay_ratio", self.ft_replay_ratio, "a clean:adversarial weight ratio >= 0")
         if not self.ablation_seeds or any(not isinstance(v, int) for v in self.ablation_seeds):
             bad("ablation_seeds", self.ablation_seeds, "a non-empty tuple of integers")
-        if self.ft_replay not in ("concat", "alternating"):
-            bad("ft_replay", self.ft_replay, "concat or alternating")
-        if self.baseline_init not in ("pretrained", "scratch"):
-            bad("baseline_init", self.baseline_init, "pretrained or scratch")
+        if self.ft_replay not in REPLAYS:
+            bad("ft_replay", self.ft_replay, " or ".join(REPLAYS))
+        if self.baseline_init not in INITS:
+            bad("baseline_init", self.baseline_init, " or ".join(INITS))
         if not self.seeds or any(not isinstance(v, int) for v in self.seeds):
             bad("seeds", self.seeds, "a non-empty tuple of integers")
         if not isinstance(self.val_size, int) or self.val_size < 0:
@@ -126,33 +141,35 @@ class Profile:
             bad("dra_steps", self.dra_steps, "an integer >= 1")
         if any(e <= 0 for e in (*self.dra_eps_grid, self.calib_dra_eps)):
             bad("dra_eps_grid/calib_dra_eps", (self.dra_eps_grid, self.calib_dra_eps), "budgets > 0")
-        from .evaluate import parse_eps
-
         for e in (*self.eval_eps, self.main_eps):
             try:
                 if not 0 < parse_eps(e)[0] <= 1:
                     raise ValueError
             except ValueError:
                 bad("eval_eps", self.eval_eps, "values in (0, 1] such as '0.1' or '8/255'")
-        from .attacks import AUTOATTACK_ATTACKS
-
         if self.autoattack_attacks is not None and (not self.autoattack_attacks
                                                     or set(self.autoattack_attacks) - set(AUTOATTACK_ATTACKS)):
             bad("autoattack_attacks", self.autoattack_attacks, f"None or a subset of {', '.join(AUTOATTACK_ATTACKS)}")
         if self.expected_clean_acc is not None and not 0 <= self.expected_clean_acc <= 1:
             bad("expected_clean_acc", self.expected_clean_acc, "None or a fraction in [0, 1]")
-        from .data import DATASETS  # late imports: profiles sit at the bottom of the data flow
-        from .models import MODELS
-
         for b in self.backbones:
-            name, _, width = str(b).partition("/")
-            if name not in MODELS or (width and not width.isdigit()):
-                bad("backbones", self.backbones, f"entries like 'resnet18/8': a model of {', '.join(MODELS)}, "
-                                                 "optionally /width")
-        if self.dataset not in DATASETS:
-            bad("dataset", self.dataset, f"one of {', '.join(DATASETS)}")
-        if self.model not in MODELS:
-            bad("model", self.model, f"one of {', '.join(MODELS)}")
+            if not str(b).partition("/")[2].isdigit() and "/" in str(b):
+                bad("backbones", self.backbones, "entries like 'resnet18/8': a model, optionally /width")
+
+    def check_names(self, datasets, models) -> None:
+        """The fields that name registry entries: ``dataset`` in ``datasets``, ``model``/``backbones`` in ``models``.
+
+        Called by :mod:`robustlib.config` with the live registries, so an entry registered from outside counts.
+        """
+        if self.dataset not in datasets:
+            raise ValueError(f"profile field dataset={self.dataset!r} is invalid: expected one of "
+                             f"{', '.join(datasets)}")
+        if self.model not in models:
+            raise ValueError(f"profile field model={self.model!r} is invalid: expected one of {', '.join(models)}")
+        for b in self.backbones:
+            if str(b).partition("/")[0] not in models:
+                raise ValueError(f"profile field backbones={self.backbones!r} is invalid: expected entries like "
+                                 f"'resnet18/8': a model of {', '.join(models)}, optionally /width")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -282,163 +299,21 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str) -> Profile:
-    """The profile called ``name``; a one-line error listing the valid names otherwise."""
-    if name not in PROFILES:
-        raise RobustlibError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+class Recorder:
+    """A read-only view of a profile that records every field read: the settings a run consumes.
 
-
-def _coerce(value, annotation: str):
-    """Papermill's ``-p`` passes strings; turn them into the field's type where that is unambiguous."""
-    if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
-    if "int" in annotation and value.lstrip("-").isdigit():
-        return int(value)
-    if "float" in annotation:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if "bool" in annotation and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value == "None" and "None" in annotation:
-        return None
-    return value
-
-
-def apply_overrides(profile: Profile, overrides: dict | None) -> Profile:
-    """``dataclasses.replace(profile, **overrides)`` with a clear error for an unknown field."""
-    if not overrides:
-        return profile
-    if not isinstance(overrides, dict):
-        raise RobustlibError(f"overrides must be a dict of profile fields, got {type(overrides).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(Profile)}
-    unknown = sorted(str(k) for k in set(overrides) - set(fields))
-    if unknown:
-        raise RobustlibError(f"unknown profile field(s) {', '.join(unknown)} in overrides; valid: {', '.join(fields)}")
-    hints = typing.get_type_hints(Profile)
-    coerced = {k: _coerce(v, str(hints[k])) for k, v in overrides.items()}
-    try:
-        return dataclasses.replace(profile, **coerced)
-    except ValueError as e:
-        raise RobustlibError(str(e)) from None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RobustlibError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RobustlibError(f"device {device!r} asked for but CUDA is not available here; use device='auto' or 'cpu'")
-    return dev
-
-
-def repo_root() -> Path:
-    """The checkout this code runs from (the folder holding ``robustlib/`` and ``notebooks/``), else the cwd."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "notebooks").is_dir() and (p / "robustlib").is_dir():
-            return p
-    return Path.cwd()
-
-
-def smoke_requested() -> bool:
-    return os.environ.get(SMOKE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What a notebook or script runs with: the profile after overrides, the device and the folders."""
-
-    profile: Profile
-    device: torch.device
-    run_dir: Path
-    data_root: Path
-    overrides: dict = field(default_factory=dict)
-    tag: str = ""            # names this variant's runs (ablations); "" for the profile itself
-    pretrain_tag: str = ""   # the part of the tag that changes theta_std (another backbone, ...)
-
-    def variant(self, tag: str, **fields) -> "RunConfig":
-        """The same run with some profile fields changed, for an ablation: ``cfg.variant("p0", dra_p=0.0)``.
-
-        Its runs are checkpointed under names carrying ``tag`` (``ours-p0-s0``), so variants never overwrite
-        the profile's own runs; theta_std is shared unless a field it depends on changes (``model``, ...).
-        A variant that changes nothing is the configuration itself (same runs, same names).
-        """
-        import re
-
-        if not re.fullmatch(r"[A-Za-z0-9_.+=-]+", tag or ""):
-            raise RobustlibError(f"variant tag {tag!r} must be letters, digits or _.+=- (it names checkpoints)")
-        prof = apply_overrides(self.profile, fields)
-        if prof == self.profile:
-            return self               # nothing changes: the profile's own runs, under their own names
-        from .train import PRETRAIN_FIELDS
-
-        join = lambda a, b: f"{a}-{b}" if a else b
-        pre = any(getattr(prof, f) != getattr(self.profile, f) for f in PRETRAIN_FIELDS)
-        return dataclasses.replace(self, profile=prof, tag=join(self.tag, tag),
-                                   pretrain_tag=join(self.pretrain_tag, tag) if pre else self.pretrain_tag)
-
-    @property
-    def smoke(self) -> bool:
-        return self.profile.smoke
-
-    def path(self, *parts: str) -> Path:
-        """A path inside the run directory, e.g. ``cfg.path("checkpoints", "vanilla.pt")``."""
-        return self.run_dir.joinpath(*parts)
-
-    def __str__(self) -> str:
-        p = self.profile
-        lines = [
-            f"profile    {p.name}{'  (SMOKE: tiny setting for tests)' if p.smoke else ''}: {p.description}",
-            f"device     {self.device}",
-            f"run_dir    {self.run_dir}",
-            f"data_root  {self.data_root}",
-            f"overrides  {self.overrides or '{}'}",
-        ]
-        lines += [f"  {k:<20} {v!r}" for k, v in p.as_dict().items() if k not in ("name", "description")]
-        return "\n".join(lines)
-
-
-def setup(
-    profile: str = "quick",
-    *,
-    device: str = "auto",
-    run_dir: str | None = None,
-    data_root: str | None = None,
-    overrides: dict | None = None,
-    smoke: bool | None = None,
-) -> RunConfig:
-    """Build the run configuration from a notebook's parameters.
-
-    ``run_dir`` defaults to ``runs/<profile>`` (``runs/<profile>-smoke`` in the smoke setting) at the
-    repository root, or under ``$ROBUSTLIB_RUNS``; ``data_root`` to ``data/`` or ``$ROBUSTLIB_DATA``.
-    ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``.
-
-    Example
-    -------
-    >>> cfg = setup("quick", device="cpu", overrides={"epochs": 5}, smoke=False)
-    >>> cfg.profile.epochs
-    5
+    A run is built from ``Recorder(profile)``; ``recorder.read`` then holds exactly the fields that built
+    it, which is what its checkpoint is checked against (no hand-kept list of fields to forget).
     """
-    prof = apply_overrides(get_profile(profile), overrides)
-    smoke = smoke_requested() if smoke is None else smoke
-    if smoke:
-        prof = prof.shrink_for_smoke()
-    if run_dir in (None, ""):
-        base = Path(os.environ.get(RUNS_ENV) or repo_root() / "runs")
-        run_dir = base / (prof.name + ("-smoke" if smoke else ""))
-    if data_root in (None, ""):
-        data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
-    from .io import ensure_dir
 
-    run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
-    torch.manual_seed(prof.seed)
-    return RunConfig(prof, resolve_device(device), run_dir, Path(data_root).expanduser(), dict(overrides or {}))
+    def __init__(self, profile: Profile):
+        object.__setattr__(self, "_profile", profile)
+        object.__setattr__(self, "read", {})
+
+    def __getattr__(self, name: str):
+        value = getattr(self._profile, name)
+        self.read[name] = value
+        return value
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a profile is read-only; use dataclasses.replace or a variant")

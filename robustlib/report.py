@@ -30,7 +30,8 @@ from typing import Callable, Mapping
 import pandas as pd
 
 from .io import read_json, write_text
-from .profiles import Profile, RunConfig, repo_root
+from .config import RunConfig, repo_root
+from .profiles import Profile
 
 HOLDS, FAILS, PARTLY, UNTESTED = "holds", "does not hold", "partly", "not tested on this profile"
 Tables = Mapping[str, pd.DataFrame]   # "03_methods.csv" -> its DataFrame
@@ -408,16 +409,24 @@ def build_report(cfg: RunConfig) -> Path:
     run_dir, prof = Path(cfg.run_dir), cfg.profile
     timings = read_json(run_dir / "timings.json", default={}) or {}
     tables = load_tables(run_dir)
-    figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
-    executed = {p.stem for p in (run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb")}
-    stems = sorted(set(timings) | executed)
+    head: list[str] = []   # warnings found while reading, shown under the title
+    md = _ledger(cfg, timings, tables)
+    sections, ran = _notebook_sections(run_dir, timings, tables)
+    md += sections + _settings(cfg, ran, head) + _software_and_times(timings)
+    at = md.index("## Claims ledger")
+    text = "\n".join(md[:at] + head + md[at:])
+    write_text(run_dir / "report.html", to_html(text, f"Run report: {prof.name}"))
+    return write_text(run_dir / "report.md", text)
+
+
+def _ledger(cfg: RunConfig, timings: dict, tables: Tables) -> list[str]:
+    """The title, where and how the run was made, and the claims ledger."""
+    run_dir, prof = Path(cfg.run_dir), cfg.profile
     devices = sorted({str(t.get("device")) for t in timings.values()}) or [str(cfg.device)]
     smokes = {bool(t.get("smoke")) for t in timings.values()} or {cfg.smoke}
     verdicts = check_claims(tables, prof)
     counts = ", ".join(f"{sum(v.verdict == k for v in verdicts)} {k}" for k in (HOLDS, PARTLY, FAILS, UNTESTED))
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-    head: list[str] = []   # warnings found while reading, shown under the title
     md = [f"# Run report: {prof.name}", "", f"*{prof.description}*", "",
           f"- built {now} from `{run_dir}` (nothing recomputed: every number is read from the files there)",
           f"- device: {', '.join(devices)}; smoke: {' and '.join(map(str, sorted(smokes)))}"
@@ -425,34 +434,46 @@ def build_report(cfg: RunConfig) -> Path:
           f"- code: git {git_state()} (at report time)", ""]
     if True in smokes:
         md += ["> **Smoke run**: a tiny setting for tests; its numbers say nothing about the paper's claims.", ""]
-    md += ["## Claims ledger", "",
-           f"Each claim of the paper checked on this profile ({prof.dataset}, {prof.model}; robust accuracy "
-           f"`pgd@{prof.main_eps}` = PGD-20, step eps/20, no random start, the paper's protocol and the weakest "
-           f"of the three in the tables; Table V on the mean over eps {', '.join(prof.eval_eps)}): {counts}. "
-           f"The rules are in `robustlib/report.py`; single-seed ablations carry seed noise (see notebook 04).", "",
-           markdown_table(pd.DataFrame([(v.claim, f"**{v.verdict}**", v.numbers, f"`{v.source}`")
-                                        for v in verdicts], columns=["claim", "verdict", "numbers", "source"]),
-                          percent=False), ""]
+    return md + ["## Claims ledger", "",
+                 f"Each claim of the paper checked on this profile ({prof.dataset}, {prof.model}; robust accuracy "
+                 f"`pgd@{prof.main_eps}` = PGD-20, step eps/20, no random start, the paper's protocol and the "
+                 f"weakest of the three in the tables; Table V on the mean over eps {', '.join(prof.eval_eps)}): "
+                 f"{counts}. The rules are in `robustlib/report.py`; single-seed ablations carry seed noise (see "
+                 f"notebook 04).", "",
+                 markdown_table(pd.DataFrame([(v.claim, f"**{v.verdict}**", v.numbers, f"`{v.source}`")
+                                              for v in verdicts], columns=["claim", "verdict", "numbers", "source"]),
+                                percent=False), ""]
 
+
+def _notebook_sections(run_dir: Path, timings: dict, tables: Tables) -> tuple[list[str], dict]:
+    """One section per executed notebook (its tables and figures), then the outputs no notebook claims;
+    also the settings each executed notebook printed."""
+    figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    executed = {p.stem for p in (run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    md: list[str] = []
     used: set[str] = set()
     ran: dict[str, dict[str, str]] = {}
-    for stem in stems:
-        prefix = stem[:3]
+    for stem in sorted(set(timings) | executed):
         title, note, ran[stem] = _notebook_info(run_dir / "notebooks" / f"{stem}.ipynb")
         t = timings.get(stem)
         secs = t.get("seconds") if t else None
         wall = (f"{secs:.1f} s" if isinstance(secs, (int, float)) else "? s") + f" on {t.get('device', '?')}" \
             if t else "no timing recorded"
         md += [f"## {title or stem}", "", f"`notebooks/{stem}.ipynb`: {wall}; {note}.", ""]
-        md += _outputs(tables, figures, prefix, used)
+        md += _outputs(tables, figures, stem[:3], used)
     rest = [n for n in tables if n not in used]
     if rest or [f for f in figures if f not in used]:
         md += ["## Other outputs", "", "Tables and figures whose number matches no executed notebook.", ""]
         md += _outputs({n: tables[n] for n in rest}, [f for f in figures if f not in used], "", used)
+    return md, ran
 
+
+def _settings(cfg: RunConfig, ran: dict, head: list[str]) -> list[str]:
+    """The profile's settings, any drift from what the notebooks ran with (also warned in ``head``), calibration."""
+    prof = cfg.profile
     drift = _settings_drift(prof, ran)
-    md += ["## Exact settings", "", f"Profile `{prof.name}` after overrides {cfg.overrides or '{}'}, as defined "
-           "when this report was built:", "", _pairs(prof.as_dict()), ""]
+    md = ["## Exact settings", "", f"Profile `{prof.name}` after overrides {cfg.overrides or '{}'}, as defined "
+          "when this report was built:", "", _pairs(prof.as_dict()), ""]
     if not drift.empty:
         md += ["> **The notebooks ran with other settings** than these (read from the configuration each "
                "executed notebook printed); their numbers belong to the \"as run\" column.", "",
@@ -462,22 +483,20 @@ def build_report(cfg: RunConfig) -> Path:
         head.append(f"> **Settings changed since the notebooks ran** (fields {', '.join(names[:8])}{more}): "
                     "see *Exact settings*.")
         head.append("")
-    calibration = read_json(run_dir / "calibration.json", default=None)
-    md += ["Equal-strength calibration (`calibration.json`, notebook 01):", "",
-           _pairs(calibration) if calibration else "*not produced*", ""]
-    md += ["## Software", "", "Of the environment that built this report (the notebooks' own kernel when run "
-           "by `make run`).", "", _pairs(software(), ("package", "version")), ""]
+    calibration = read_json(Path(cfg.run_dir) / "calibration.json", default=None)
+    return md + ["Equal-strength calibration (`calibration.json`, notebook 01):", "",
+                 _pairs(calibration) if calibration else "*not produced*", ""]
+
+
+def _software_and_times(timings: dict) -> list[str]:
+    md = ["## Software", "", "Of the environment that built this report (the notebooks' own kernel when run "
+          "by `make run`).", "", _pairs(software(), ("package", "version")), ""]
     rows = [(s, t.get("seconds"), t.get("device"), t.get("smoke")) for s, t in timings.items()]
     total = sum(float(r[1] or 0) for r in rows)
-    md += ["## Wall time", "", markdown_table(pd.DataFrame(rows + [("**total**", total, "", "")],
-                                                           columns=["notebook", "seconds", "device", "smoke"],
-                                                           dtype=object), percent=False),
-           "", f"Total: {total:.1f} s ({total / 60:.1f} min).", ""]
-
-    at = md.index("## Claims ledger")
-    text = "\n".join(md[:at] + head + md[at:])
-    write_text(run_dir / "report.html", to_html(text, f"Run report: {prof.name}"))
-    return write_text(run_dir / "report.md", text)
+    return md + ["## Wall time", "", markdown_table(pd.DataFrame(rows + [("**total**", total, "", "")],
+                                                                 columns=["notebook", "seconds", "device", "smoke"],
+                                                                 dtype=object), percent=False),
+                 "", f"Total: {total:.1f} s ({total / 60:.1f} min).", ""]
 
 
 def _outputs(tables: Tables, figures: list[str], prefix: str, used: set[str]) -> list[str]:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from .io import RobustlibError, ensure_dir, read_json, write_json
-from .profiles import SMOKE_ENV, repo_root, setup, smoke_requested
+from .config import SMOKE_ENV, repo_root, setup, smoke_requested
+from . import report
 
 
 def notebooks_dir() -> Path:
@@ -85,10 +86,8 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
         timings[nb.stem] = {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device)}
         write_json(cfg.path("timings.json"), timings)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results
-        from .report import build_report
-
-        report = build_report(cfg)
-        print(f"report: {report} (and {report.with_suffix('.html').name})", flush=True)
+        path = report.build_report(cfg)
+        print(f"report: {path} (and {path.with_suffix('.html').name})", flush=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"warning: report not built ({type(e).__name__}: {first[:200]}); the notebooks' results are intact",

@@ -1,12 +1,20 @@
 """One training loop, checkpoints, and phase 1 of the paper: vanilla pretraining of theta_std.
 
 :func:`fit` takes any ``nn.Module`` with [0, 1] inputs and any iterable of ``(x, y)`` batches; the device,
-the batch order (a loader with its own sampler) and the precision come from the caller. Every epoch ends
-with an atomic checkpoint, so the same call started again resumes from the last complete epoch.
+the batch order (a loader with its own sampler) and the precision come from the caller. It owns the loop:
+the objective's updates, the replay of clean and adversarial updates, the clean-only tail of a schedule,
+logging and checkpoints. Every epoch ends with an atomic checkpoint, so the same call started again
+resumes from the last complete epoch.
+
+A checkpoint records the settings its run consumed (``settings``: the profile fields read while building
+it, and their hash); loading it for a run whose settings differ is refused with the name of the field.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
+import json
 import math
 import time
 from pathlib import Path
@@ -20,11 +28,13 @@ from tqdm.auto import tqdm
 from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
-from .losses import Clean, Objective
+from .losses import OBJECTIVES, Adversary, clean
 from .models import build_model, eval_mode, model_spec
+from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+RETRAIN = "pass retrain=True (or --retrain) to train it again, or use another run_dir"
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float, epochs: int,
@@ -43,164 +53,48 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay
     return opt, sched
 
 
-def checkpoint_payload(model: nn.Module, meta: dict, **extra) -> dict:
-    return {"format": CHECKPOINT_FORMAT, **meta, **extra,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+# --- checkpoints and their validity ----------------------------------------------------------------------
+
+def _plain(value):
+    """Settings as JSON values (tuples become lists), so a checkpoint's copy compares equal to today's."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def fit(
-    model: nn.Module,
-    train_loader,
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 2e-4,
-    lr_schedule: str = "cosine",
-    milestones=(0.5, 0.75),
-    objective: Objective | None = None,
-    evaluate: Callable[[nn.Module], dict] | None = None,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    run_dir: str | Path | None = None,
-    name: str = "model",
-    meta: dict | None = None,
-    seed: int = 0,
-    resume: bool = True,
-    progress: bool = True,
-    best_metric: str | None = None,
-) -> pd.DataFrame:
-    """Train ``model`` for ``epochs`` epochs and return the per-epoch metrics.
+def settings_hash(settings: dict) -> str:
+    """One hash of exactly the settings a run consumed."""
+    return hashlib.sha1(json.dumps(_plain(settings), sort_keys=True).encode()).hexdigest()[:16]
 
-    Parameters
-    ----------
-    model : any module taking images in [0, 1].
-    train_loader : any iterable of ``(x, y)`` batches (a :class:`~robustlib.data.TensorLoader` or a
-        ``DataLoader`` with the sampler of your choice); ``set_epoch(e)`` is called if it has one.
-    objective : a :class:`~robustlib.losses.Objective` (default: clean cross-entropy); it returns the
-        updates for a batch, each giving ``(loss, logits, parts)``; ``parts`` (loss terms) are logged.
-    evaluate : called after each epoch with the model (in eval mode); its dict is logged.
-    best_metric : a key of ``evaluate``'s dict; the epoch maximising it is also saved as
-        ``checkpoints/<name>.best.pt`` (the last and the best can differ by several points).
-    device, precision : where and how to compute (``"fp32"`` or ``"bf16"`` autocast).
-    run_dir, name : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
-        (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
-        ``checkpoints/<name>.pt``. A second call with the same arguments resumes from ``<name>.last.pt``.
-    meta : what the checkpoint records about the model and data (see :func:`load_checkpoint`).
 
-    Returns
-    -------
-    DataFrame, one row per epoch: epoch, lr, train_loss, train_acc, the objective's parts, the evaluation.
+def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings: dict | None = None) -> None:
+    """Refuse a checkpoint made for another run: another format, model, data, θ_std or settings.
+
+    ``expect`` holds identity keys (``kind``, ``model``, ``dataset``, ``theta_std``); ``settings`` the
+    profile fields the run consumes. A checkpoint written before settings were hashed (it holds the whole
+    profile as ``profile_fields``) is accepted when those fields agree.
     """
-    if precision not in PRECISIONS:
-        raise RobustlibError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    objective = objective or Clean()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
-                                lr_schedule=lr_schedule, milestones=milestones)
-    meta = dict(meta or {})
-    history: list[dict] = []
-    start = 0
-    last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
-    if last_path is not None and resume and last_path.exists():
-        state = load_torch(last_path)
-        _check_meta(state, meta, last_path)
-        check_settings(state, meta.get("profile_fields") or {}, meta.get("check_fields", ()), last_path)
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        objective.load_state_dict(state.get("objective", {}))
-        history, start = list(state["history"]), int(state["epoch"])
-        if int(state.get("epochs_total", epochs)) != epochs:
-            raise RobustlibError(f"{last_path} belongs to a {state['epochs_total']}-epoch run, not {epochs}; pass "
-                                 f"retrain=True (or --retrain) to start again, or use another run_dir")
-        print(f"resuming {name} from {last_path} after epoch {start}/{epochs}")
-    autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision]
-                else contextlib.nullcontext())
-    bar = tqdm(range(start, epochs), desc=name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
-    for epoch in bar:
-        torch.manual_seed(seed * 1000 + epoch)        # dropout etc.: the same on a resumed run
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for update in objective(model, x, y, epoch):
-                with autocast:
-                    loss, logits, parts = update()
-                if not torch.isfinite(loss):
-                    raise RobustlibError(f"{name}: the loss became {loss.item()} in epoch {epoch + 1}; "
-                                         f"lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                b = len(y)
-                logged = {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == y).float().mean(),
-                          **{k: torch.as_tensor(v).detach().float() for k, v in parts.items()}}
-                for k, v in logged.items():
-                    sums[k] = sums.get(k, 0) + v * b
-                    counts[k] = counts.get(k, 0) + b
-        if not counts:
-            raise RobustlibError(f"{name}: the training loader yielded no batches; check the dataset and batch size")
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update({k: (v / counts[k]).item() for k, v in sums.items()})
-        sched.step()
-        row.update(objective.end_epoch(model, row))
-        if evaluate is not None:
-            with eval_mode(model):
-                row.update(evaluate(model))
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "train_acc", "test_acc")})
-        if run_dir:
-            if best_metric is not None and row.get(best_metric, -math.inf) >= max(
-                    (h.get(best_metric, -math.inf) for h in history), default=-math.inf):
-                save_torch(checkpoint_payload(model, meta, epoch=epoch + 1, metrics=row),
-                           Path(run_dir) / "checkpoints" / f"{name}.best.pt")
-            save_torch(checkpoint_payload(model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                          objective=objective.state_dict(), epoch=epoch + 1, epochs_total=epochs,
-                                          history=history), last_path)
-            write_csv(Path(run_dir) / "metrics" / f"{name}.csv", pd.DataFrame(history))
-    if run_dir:
-        save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
-                   Path(run_dir) / "checkpoints" / f"{name}.pt")
-    return pd.DataFrame(history)
-
-
-PRETRAIN_FIELDS = ("dataset", "model", "width", "augment", "train_limit", "epochs", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_schedule", "milestones", "val_size", "seed")   # seed: the held-out split
-# a fine-tune's own list depends on its method and adversary: methods.run_fields
-
-
-def check_settings(state: dict, now: dict, fields, path) -> None:
-    """Refuse a checkpoint trained with other settings than ``now`` (profile fields) asks for; names the first."""
-    made = state.get("profile_fields") or {}
-    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
-    for f in fields:
-        if f in made and f in now and norm(made[f]) != norm(now[f]):
-            raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
-                                 f"pass retrain=True (or --retrain) to train it again, or use another run_dir")
-
-
-def _check_meta(state: dict, expected: dict, path: Path) -> None:
-    """A checkpoint must have been made for the same model and data as the run that loads it."""
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
                              f"delete it or pass retrain=True")
     for key in ("model", "dataset", "kind", "theta_std"):
-        if key in expected and state.get(key) != expected[key]:
-            raise RobustlibError(
-                f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs {str(expected[key])[:80]!r}; "
-                f"use another run_dir, or delete the file (retrain=True) to train it again"
-            )
+        if key in (expect or {}) and state.get(key) != expect[key]:
+            raise RobustlibError(f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs "
+                                 f"{str(expect[key])[:80]!r}; use another run_dir, or delete the file "
+                                 f"(retrain=True) to train it again")
+    if settings is None or state.get("settings_hash") == settings_hash(settings):
+        return
+    made = _plain(state.get("settings", state.get("profile_fields")) or {})
+    now = _plain(settings)
+    for f in now:
+        if f in made and made[f] != now[f]:
+            raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
+                                 f"{RETRAIN}")
+    if "settings_hash" in state:   # same fields, other values can't be: a field was added or removed
+        extra = sorted(set(now) ^ set(made))
+        raise RobustlibError(f"{path} was trained with other settings ({', '.join(extra)}); {RETRAIN}")
 
 
-def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str | torch.device = "cpu",
-                    profile=None, fields=PRETRAIN_FIELDS):
+def load_checkpoint(path: str | Path, *, expect: dict | None = None, settings: dict | None = None,
+                    device: str | torch.device = "cpu"):
     """Rebuild a model from a checkpoint (loaded with ``weights_only=True``).
 
     Parameters
@@ -208,14 +102,14 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str
     path : a ``.pt`` file written by :func:`fit`.
     expect : keys the checkpoint must match, e.g. ``{"model": model_spec(profile), "dataset": "digits"}``;
         a mismatch raises a one-line :class:`RobustlibError` instead of loading the wrong weights.
-    profile, fields : with a profile, the checkpoint's recorded training settings must equal its ``fields``.
+    settings : the profile fields the run consumes; a checkpoint trained with other values is refused.
 
     Returns
     -------
     (model in eval mode on ``device``, the checkpoint's metadata without the weights)
     """
     state = load_torch(path)
-    _check_meta(state, expect or {}, Path(path))
+    check_checkpoint(state, Path(path), expect=expect, settings=settings)
     spec = dict(state["model"])
     try:
         model = build_model(spec.pop("name"), **spec)
@@ -224,27 +118,276 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, device: str
         raise RobustlibError(f"{path} does not fit its recorded model ({str(e).splitlines()[0][:120]}); "
                              f"delete it or pass retrain=True") from None
     meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scheduler")}
-    if profile is not None:
-        check_settings(state, profile.as_dict(), fields, path)
     return model.to(device).eval(), meta
 
 
-def run_meta(cfg, kind: str) -> dict:
+def checkpoint_payload(model: nn.Module, meta: dict, **extra) -> dict:
+    return {"format": CHECKPOINT_FORMAT, **meta, **extra,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+def batch_updates(objective: Callable, attack: Callable | None, model: nn.Module, x, y, *, replay: str | None = None,
+                  clean_weight: float = 1.0, clean_tail: bool = False):
+    """The updates one batch makes, in order, each ``(loss, logits, parts)``.
+
+    A generator: each update's loss is computed only after the previous one was applied, so the
+    alternating replay's adversarial update sees the weights its clean update made.
+
+    - ``clean_tail`` (the adversary's schedule gives ε = 0 this epoch): clean samples only (Section V.A).
+    - ``replay="alternating"``: a clean update, then the objective's update, weighted like the concatenated
+      batch (``clean_weight`` : 1, mean weight 1).
+    - otherwise: the objective's update (the paper's concatenated replay is the ``finetune`` objective).
+    """
+    if clean_tail:
+        yield clean(model, x, y)
+    elif replay == "alternating":
+        w_clean, w_adv = 2 * clean_weight / (1 + clean_weight), 2 / (1 + clean_weight)
+        loss, logits, parts = clean(model, x, y)
+        yield w_clean * loss, logits, parts
+        loss, logits, parts = objective(model, x, y, attack=attack)
+        yield w_adv * loss, logits, parts
+    else:
+        yield objective(model, x, y, attack=attack)
+
+
+def _needs_attack(objective: Callable) -> bool:
+    try:
+        param = inspect.signature(objective).parameters.get("attack")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _check_fit_args(objective, adversary, replay, precision) -> Callable:
+    if precision not in PRECISIONS:
+        raise RobustlibError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise RobustlibError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        objective = OBJECTIVES[objective]
+    objective = objective or clean
+    if replay not in (None, "concat", "alternating"):
+        raise ValueError(f"replay must be None, 'concat' or 'alternating', got {replay!r}")
+    if replay == "alternating" and getattr(objective, "concat_only", False):
+        raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
+    if adversary is None and _needs_attack(objective):
+        raise RobustlibError(f"objective {getattr(objective, '__name__', objective)!r} needs an adversary; pass "
+                             f"adversary=Adversary('pgd', eps=..., steps=..., step_factor=2.5)")
+    return objective
+
+
+def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, name: str, epoch: int) -> dict:
+    """One pass over the loader; returns the per-sample means of the loss, the accuracy and the loss parts."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        steps = updates(model, x, y)
+        while True:
+            with autocast:
+                out = next(steps, None)
+            if out is None:
+                break
+            loss, logits, parts = out
+            if not torch.isfinite(loss):
+                raise RobustlibError(f"{name}: the loss became {loss.item()} in epoch {epoch + 1}; "
+                                     f"lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            b = len(y)
+            logged = {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == y).float().mean(),
+                      **{k: torch.as_tensor(v).detach().float() for k, v in parts.items()}}
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0) + v * b
+                counts[k] = counts.get(k, 0) + b
+    if not counts:
+        raise RobustlibError(f"{name}: the training loader yielded no batches; check the dataset and batch size")
+    return {k: (v / counts[k]).item() for k, v in sums.items()}
+
+
+def _resume(last_path: Path, model, opt, sched, objective, meta: dict, epochs: int, name: str):
+    """Load the last complete epoch of an interrupted run: (history, first epoch to train)."""
+    state = load_torch(last_path)
+    check_checkpoint(state, last_path, expect=meta, settings=meta.get("settings"))
+    if int(state.get("epochs_total", epochs)) != epochs:
+        raise RobustlibError(f"{last_path} belongs to a {state['epochs_total']}-epoch run, not {epochs}; pass "
+                             f"retrain=True (or --retrain) to start again, or use another run_dir")
+    model.load_state_dict(state["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if hasattr(objective, "load_state_dict"):
+        objective.load_state_dict(state.get("objective", {}))
+    history, start = list(state["history"]), int(state["epoch"])
+    print(f"resuming {name} from {last_path} after epoch {start}/{epochs}")
+    return history, start
+
+
+def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, history, epochs, best_metric):
+    """After an epoch: the best checkpoint (if this epoch is the best so far), the last one, the metrics CSV."""
+    row, ckpt = history[-1], Path(run_dir) / "checkpoints"
+    if best_metric is not None and row.get(best_metric, -math.inf) >= max(
+            (h.get(best_metric, -math.inf) for h in history), default=-math.inf):
+        save_torch(checkpoint_payload(model, meta, epoch=row["epoch"], metrics=row), ckpt / f"{name}.best.pt")
+    state = objective.state_dict() if hasattr(objective, "state_dict") else {}
+    save_torch(checkpoint_payload(model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                  objective=state, epoch=row["epoch"], epochs_total=epochs, history=history),
+               ckpt / f"{name}.last.pt")
+    write_csv(Path(run_dir) / "metrics" / f"{name}.csv", pd.DataFrame(history))
+
+
+def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_weight, evaluate, autocast, device,
+           name: str, seed: int, epoch: int) -> dict:
+    """Train one epoch, step the schedule, let the objective update its state, evaluate: the epoch's row."""
+    torch.manual_seed(seed * 1000 + epoch)        # dropout, random starts: the same on a resumed run
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    attack = adversary.at(epoch) if adversary is not None else None
+
+    def updates(m, x, y):
+        return batch_updates(objective, attack, m, x, y, replay=replay, clean_weight=clean_weight,
+                             clean_tail=adversary is not None and attack is None)
+
+    t0 = time.perf_counter()
+    row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+           **_train_epoch(model, loader, opt, updates, device=device, autocast=autocast, name=name, epoch=epoch)}
+    sched.step()
+    if hasattr(objective, "end_epoch"):
+        row.update(objective.end_epoch(model))
+    if evaluate is not None:
+        with eval_mode(model):
+            row.update(evaluate(model))
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 2e-4,
+        lr_schedule: str = "cosine", milestones=(0.5, 0.75), objective: Callable | str | None = None,
+        adversary: Adversary | None = None, replay: str | None = None, clean_weight: float = 1.0,
+        evaluate: Callable[[nn.Module], dict] | None = None, device: torch.device | str | None = None,
+        precision: str = "fp32", run_dir: str | Path | None = None, name: str = "model", meta: dict | None = None,
+        seed: int = 0, resume: bool = True, progress: bool = True, best_metric: str | None = None) -> pd.DataFrame:
+    """Train ``model`` for ``epochs`` epochs and return the per-epoch metrics.
+
+    Parameters
+    ----------
+    model : any module taking images in [0, 1].
+    train_loader : any iterable of ``(x, y)`` batches (a :class:`~robustlib.data.TensorLoader` or a
+        ``DataLoader`` with the sampler of your choice); ``set_epoch(e)`` is called if it has one.
+    lr, momentum, weight_decay, lr_schedule, milestones : SGD and its schedule (:func:`make_optimizer`).
+    objective : a loss ``(model, x, y, *, attack) -> (loss, logits, parts)`` or a name in
+        :data:`~robustlib.losses.OBJECTIVES` (default: clean cross-entropy); ``parts`` are logged. One with
+        ``end_epoch(model)`` (the constrained form) updates its state after each epoch.
+    adversary : an :class:`~robustlib.losses.Adversary`, the objective's ``attack`` at each epoch's budget;
+        where its schedule gives ε = 0 the batch is trained clean (the tail).
+    replay, clean_weight : ``"alternating"``: a clean update before each of the objective's, weighted
+        ``clean_weight`` : 1 (:func:`batch_updates`).
+    evaluate : called after each epoch with the model (in eval mode); its dict is logged.
+    best_metric : a key of ``evaluate``'s dict; the epoch maximising it is also saved as
+        ``checkpoints/<name>.best.pt`` (the last and the best can differ by several points).
+    device, precision : where and how to compute (``"fp32"`` or ``"bf16"`` autocast).
+    run_dir, name, meta : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
+        (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
+        ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`). A second call
+        with the same arguments resumes from ``<name>.last.pt``.
+
+    Returns
+    -------
+    DataFrame, one row per epoch: epoch, lr, train_loss, train_acc, the objective's parts, the evaluation.
+    """
+    objective = _check_fit_args(objective, adversary, replay, precision)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
+                                lr_schedule=lr_schedule, milestones=milestones)
+    meta, history, start = dict(meta or {}), [], 0
+    last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
+    if last_path is not None and resume and last_path.exists():
+        history, start = _resume(last_path, model, opt, sched, objective, meta, epochs, name)
+    autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision]
+                else contextlib.nullcontext())
+    bar = tqdm(range(start, epochs), desc=name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    for epoch in bar:
+        history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
+                              clean_weight=clean_weight, evaluate=evaluate, autocast=autocast, device=device,
+                              name=name, seed=seed, epoch=epoch))
+        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "test_acc")})
+        if run_dir:
+            _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric)
+    if run_dir:
+        save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
+                   Path(run_dir) / "checkpoints" / f"{name}.pt")
+    return pd.DataFrame(history)
+
+
+# --- a run: build its settings, load its checkpoint if they match, else train ------------------------------
+
+def run_meta(cfg, kind: str, settings: dict, **extra) -> dict:
     """What a checkpoint of this run records: enough to rebuild and check it without guessing."""
     return {"kind": kind, "model": model_spec(cfg.profile), "dataset": cfg.profile.dataset,
-            "profile": cfg.profile.name, "profile_fields": cfg.profile.as_dict(),
-            "torch": str(torch.__version__)}
+            "profile": cfg.profile.name, "settings": _plain(settings), "settings_hash": settings_hash(settings),
+            "torch": str(torch.__version__), **extra}
 
 
-def make_train_loader(cfg, train, *, seed: int | None = None) -> TensorLoader:
-    p = cfg.profile
+def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
+    """The run's checkpoint if it was made with ``meta``'s settings (refused, naming the changed field, if not).
+
+    Returns ``(model, history, best model or None)``, or ``None`` when the run must be trained: no
+    checkpoint yet, or ``retrain`` (which first removes its stale files).
+    """
+    final = cfg.path("checkpoints", f"{name}.pt")
+    if retrain:
+        for suffix in ("pt", "last.pt", "best.pt"):
+            cfg.path("checkpoints", f"{name}.{suffix}").unlink(missing_ok=True)
+    if not final.exists():
+        return None
+    expect = {k: meta[k] for k in ("kind", "model", "dataset", "theta_std") if k in meta}
+    model, _ = load_checkpoint(final, expect=expect, settings=meta["settings"], device=cfg.device)
+    metrics = cfg.path("metrics", f"{name}.csv")
+    return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()), load_best(cfg, name)
+
+
+def load_best(cfg, name: str):
+    """The run's best checkpoint (by its held-out metric), or ``None`` if it keeps none."""
+    path = cfg.path("checkpoints", f"{name}.best.pt")
+    return load_checkpoint(path, device=cfg.device)[0] if path.exists() else None
+
+
+def read_data_settings(p) -> None:
+    """Record the fields that choose a run's training images (also when the caller passes the data in)."""
+    _ = (p.dataset, p.train_limit, p.seed, p.val_size)
+
+
+def make_train_loader(cfg, train, *, seed: int | None = None, p=None) -> TensorLoader:
+    """The profile's seeded training batches; ``p`` (a :class:`~robustlib.profiles.Recorder`) records the reads."""
+    p = p or cfg.profile
     return TensorLoader(train, batch_size=p.batch_size, shuffle=True, augment=p.augment,
-                        seed=p.seed if seed is None else seed, device=cfg.device, in_memory=p.in_memory)
+                        seed=cfg.profile.seed if seed is None else seed, device=cfg.device,
+                        in_memory=cfg.profile.in_memory)
+
+
+def _pretrain_plan(p) -> dict:
+    """Phase 1's model, data and optimiser settings, read from ``p``: theta_std's settings are these reads."""
+    read_data_settings(p)
+    return dict(spec=model_spec(p), epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                lr_schedule=p.lr_schedule, milestones=p.milestones, batch=(p.batch_size, p.augment))
+
+
+def pretrain_fields(profile) -> set[str]:
+    """The profile fields theta_std consumes (a variant that changes one of them trains its own)."""
+    rec = Recorder(profile)
+    _pretrain_plan(rec)
+    return set(rec.read)
 
 
 def vanilla_name(cfg, seed: int | None = None) -> str:
-    """Checkpoint name of theta_std: ``vanilla`` for the profile's seed, ``vanilla-s<seed>`` for others."""
-    tag = getattr(cfg, "pretrain_tag", "")
+    """Checkpoint name of theta_std: ``vanilla`` for the profile's seed, ``vanilla-s<seed>`` for others;
+    a variant that changes theta_std's settings adds its tag (``vanilla-resnet18w4``)."""
+    fields = pretrain_fields(cfg.profile)
+    tag = "-".join(t for t, changed in cfg.changes if fields & set(changed))
     base = f"vanilla-{tag}" if tag else "vanilla"
     return base if seed in (None, cfg.profile.seed) else f"{base}-s{seed}"
 
@@ -259,32 +402,27 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
     -------
     (model in eval mode, per-epoch metrics DataFrame)
     """
-    p = cfg.profile
+    p, rec = cfg.profile, Recorder(cfg.profile)
     seed = p.seed if seed is None else seed
-    name = vanilla_name(cfg, seed)
-    ckpt = cfg.path("checkpoints", f"{name}.pt")
-    meta = {**run_meta(cfg, "vanilla"), "check_fields": list(PRETRAIN_FIELDS)}
-    expect = {k: meta[k] for k in ("kind", "model", "dataset")}
-    if ckpt.exists() and not retrain:
-        model, _ = load_checkpoint(ckpt, expect=expect, device=cfg.device, profile=p)
-        metrics = cfg.path("metrics", f"{name}.csv")
-        if progress:
-            print(f"loaded theta_std from {ckpt} (pass retrain=True to train it again)")
-        return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame())
-    if retrain:
-        for stale in (ckpt, cfg.path("checkpoints", f"{name}.last.pt")):
-            stale.unlink(missing_ok=True)
-    train, test = data or load_splits(p, cfg.data_root)
-    train, _ = split_validation(train, p.val_size, p.seed)
-    torch.manual_seed(seed)
-    model = build_model(**model_spec(p)).to(cfg.device)
-    x_test, y_test = test.float_x(), test.y
+    name, plan = vanilla_name(cfg, seed), _pretrain_plan(rec)
+    meta = run_meta(cfg, "vanilla", rec.read)
 
-    def evaluate(m):
-        return {"test_acc": accuracy(m, x_test, y_test)}
+    def train():   # phase 1 on the training split less the held-out images
+        tr, test = data or load_splits(p, cfg.data_root)
+        tr, _ = split_validation(tr, p.val_size, p.seed)
+        torch.manual_seed(seed)
+        model = build_model(**plan["spec"]).to(cfg.device)
+        x_test, y_test = test.float_x(), test.y
+        history = fit(model, make_train_loader(cfg, tr, seed=seed), epochs=plan["epochs"], lr=plan["lr"],
+                      momentum=plan["momentum"], weight_decay=plan["weight_decay"],
+                      lr_schedule=plan["lr_schedule"], milestones=plan["milestones"],
+                      evaluate=lambda m: {"test_acc": accuracy(m, x_test, y_test)}, device=cfg.device,
+                      run_dir=cfg.run_dir, name=name, meta=meta, seed=seed, progress=progress)
+        return model.eval(), history
 
-    history = fit(model, make_train_loader(cfg, train, seed=seed), epochs=p.epochs, lr=p.lr, momentum=p.momentum,
-                  weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, milestones=p.milestones,
-                  evaluate=evaluate, device=cfg.device, run_dir=cfg.run_dir, name=name, meta=meta,
-                  seed=seed, progress=progress)
-    return model.eval(), history
+    loaded = load_run(cfg, name, meta, retrain=retrain)
+    if loaded is None:
+        return train()
+    if progress:
+        print(f"loaded theta_std from {cfg.path('checkpoints', name + '.pt')} (pass retrain=True to train it again)")
+    return loaded[:2]

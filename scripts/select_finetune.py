@@ -1,9 +1,9 @@
 """Choose a fine-tune setting (the DRA budget, the learning rate, ...) on the held-out split, never the test split.
 
 Each variant is a YAML mapping of profile fields. For each, Ours is fine-tuned from theta_std (or loaded from the
-run directory) and so is the control, which is shared by every variant that changes none of its own fields
-(``methods.run_fields``). Both are measured on the profile's held-out split (``val_size`` training images): clean
-accuracy and PGD-20 (paper protocol) at each ``--eps``. The table goes to ``<run_dir>/tables/select_finetune.csv``.
+run directory) and so is the control, which is shared by every variant that changes none of the settings its
+run reads (``methods.build_run(...)["meta"]["settings"]``). Both are measured on the profile's held-out split
+(``val_size`` training images): clean accuracy and PGD-20 (paper protocol) at each ``--eps``. The table goes to ``<run_dir>/tables/select_finetune.csv``.
 
     .venv/bin/python scripts/select_finetune.py --profile fashion --eps 0.03 0.1 \\
         --variants '{e8: {}, e6: {ft_eps_max: 6, ft_eps_min: 1.5}, e4: {ft_eps_max: 4, ft_eps_min: 1}}'
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         if len(val.y) == 0:
             raise robustlib.RobustlibError(f"profile {p.name!r} holds out no images (val_size=0); set val_size")
         xv, yv = val.float_x(), val.y
-        control_fields = methods.run_fields("control", None, False)
+        control_fields = methods.build_run(cfg, "control", data=data, progress=False)["meta"]["settings"]
         rows, measured = [], {}      # run name -> its held-out numbers: a shared control is attacked once
         for tag, (c, fields) in configs.items():
             control_cfg = c if any(getattr(c.profile, f) != getattr(p, f) for f in control_fields) else cfg

@@ -1,5 +1,6 @@
 """Objectives and the method runner: the schedule, the replay, TRADES/MART against hand computations, λ."""
 import dataclasses
+from functools import partial
 
 import pytest
 import torch
@@ -7,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustlib
-from robustlib.losses import Adversary, Clean, EpsSchedule, Finetune, Madry, Mart, Trades
-from robustlib.methods import evaluate_table, train_method
-from robustlib.profiles import get_profile
-from robustlib.train import fit
+from robustlib import get_profile
+from robustlib.evaluate import evaluate_table
+from robustlib.losses import Adversary, Constrained, EpsSchedule, finetune, madry, madry_mix, mart, trades
+from robustlib.methods import train_method
+from robustlib.train import batch_updates, fit
 
 
 def test_eps_schedule_is_section_va_scaled_to_the_epochs():
@@ -23,15 +25,14 @@ def test_eps_schedule_is_section_va_scaled_to_the_epochs():
     assert EpsSchedule(1.0, 0.2, 6, kind="constant", clean_tail=False)(5) == 1.0
 
 
-class FixedAdversary(Adversary):
-    """Returns a given adversarial batch, to compare objectives with hand computations."""
+def fixed(x_adv):
+    """An attack that returns a given adversarial batch, to compare objectives with hand computations."""
+    return lambda model, x, y, loss_fn=None, x_init=None: x_adv
 
-    def __init__(self, x_adv, eps=1.0):
-        super().__init__("pgd", eps=eps, steps=1)
-        self.x_adv = x_adv
 
-    def __call__(self, model, x, y, *, epoch, loss_fn=None, x_init=None):
-        return self.x_adv if self.eps_at(epoch) else x
+def updates(objective, x_adv, model, x, y, **kwargs):
+    """The updates fit makes for one batch, as a list of (loss, logits, parts), with the weights unchanged."""
+    return list(batch_updates(objective, fixed(x_adv), model, x, y, **kwargs))
 
 
 @pytest.fixture
@@ -44,22 +45,24 @@ def batch():
 
 def test_finetune_replays_clean_and_adversarial_one_to_one(batch):
     model, x, y, xa = batch
-    (update,) = Finetune(FixedAdversary(xa))(model, x, y, epoch=0)
-    loss, _, parts = update()
+    (update,) = updates(finetune, xa, model, x, y)
+    loss, _, parts = update
     expected = (F.cross_entropy(model(x), y) + F.cross_entropy(model(xa), y)) / 2
     assert torch.allclose(loss, expected) and set(parts) == {"clean_loss", "adv_loss"}
-    assert len(Finetune(FixedAdversary(xa), replay="alternating")(model, x, y, epoch=0)) == 2
-    tail = Finetune(FixedAdversary(xa, eps=EpsSchedule(1.0, 0.5, 6)))(model, x, y, epoch=5)   # clean-only tail
-    assert len(tail) == 1 and torch.allclose(tail[0]()[0], F.cross_entropy(model(x), y))
+    assert len(updates(madry, xa, model, x, y, replay="alternating")) == 2
+    schedule = Adversary("pgd", eps=EpsSchedule(1.0, 0.5, 6), steps=1, step_factor=1.0)
+    assert schedule.at(5) is None                                                  # epoch 6: the clean-only tail
+    tail = list(batch_updates(finetune, schedule.at(5), model, x, y, clean_tail=True))
+    assert len(tail) == 1 and torch.allclose(tail[0][0], F.cross_entropy(model(x), y))
 
 
 def test_trades_and_mart_match_their_reference_formulas(batch):
     model, x, y, xa = batch
-    loss, _, parts = Trades(FixedAdversary(xa), beta=6.0)(model, x, y, epoch=0)[0]()
+    loss, _, parts = trades(model, x, y, attack=fixed(xa), beta=6.0)
     kl = F.kl_div(F.log_softmax(model(xa), 1), F.softmax(model(x), 1), reduction="sum") / len(x)
     assert torch.allclose(loss, F.cross_entropy(model(x), y) + 6.0 * kl, atol=1e-6)
 
-    loss, _, _ = Mart(FixedAdversary(xa), beta=6.0)(model, x, y, epoch=0)[0]()
+    loss, _, _ = mart(model, x, y, attack=fixed(xa), beta=6.0)
     pa, pn = F.softmax(model(xa), 1), F.softmax(model(x), 1)
     other = pa.clone()
     other[torch.arange(6), y] = -1                        # the most likely wrong class
@@ -67,7 +70,7 @@ def test_trades_and_mart_match_their_reference_formulas(batch):
     kl = ((pn * (torch.log(pn) - torch.log(pa + 1e-12))).sum(1) * (1.0000001 - pn[torch.arange(6), y])).mean()
     assert torch.allclose(loss, bce + 6.0 * kl, atol=1e-5)
 
-    loss, _, _ = Madry(FixedAdversary(xa), mix=True)(model, x, y, epoch=0)[0]()
+    loss, _, _ = madry_mix(model, x, y, attack=fixed(xa))
     assert torch.allclose(loss, F.cross_entropy(model(x), y) + F.cross_entropy(model(xa), y))
 
 
@@ -79,14 +82,13 @@ def test_constrained_multiplier_follows_the_constraint(batch):
             m[1].weight.zero_()
             m[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 20.0]))     # always class 3: a huge clean loss
         return m
-    obj = Finetune(FixedAdversary(xa), constrained=True, constraint_data=(x, y), std_model=model, lam=1.0, lam_lr=0.1)
-    out = obj.end_epoch(confidently_wrong(), {})          # clean loss far above theta_std's: lambda rises
+    obj = Constrained.for_theta_std(model, (x, y), lam=1.0, lam_lr=0.1)
+    out = obj.end_epoch(confidently_wrong())              # clean loss far above theta_std's: lambda rises
     assert out["constraint_gap"] > 5 and out["lambda"] == 1.0 and obj.lam > 1.5
-    relaxed = Finetune(FixedAdversary(xa), constrained=True, constraint_data=(x, y), std_model=confidently_wrong(),
-                       lam=1.0, lam_lr=10.0)
-    relaxed.end_epoch(model, {})                          # far below theta_std's: lambda falls, never below 0
+    relaxed = Constrained.for_theta_std(confidently_wrong(), (x, y), lam=1.0, lam_lr=10.0)
+    relaxed.end_epoch(model)                              # far below theta_std's: lambda falls, never below 0
     assert relaxed.lam == 0.0
-    loss, _, _ = obj(model, x, y, epoch=0)[0]()
+    loss, _, _ = obj(model, x, y, attack=fixed(xa))
     assert torch.allclose(loss, F.cross_entropy(model(xa), y) + obj.lam * F.cross_entropy(model(x), y))
     assert obj.state_dict() == {"lam": obj.lam}
 
@@ -97,7 +99,7 @@ def test_fit_takes_any_module_and_any_dataloader_for_the_finetune():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
     adv = Adversary("dra", eps=EpsSchedule(2.0, 0.5, 3), steps=3, p=1 / 3)
-    hist = fit(model, loader, epochs=3, lr=0.05, objective=Finetune(adv), progress=False)
+    hist = fit(model, loader, epochs=3, lr=0.05, objective="finetune", adversary=adv, progress=False)
     assert {"clean_loss", "adv_loss", "train_loss"} <= set(hist.columns)
     assert hist["adv_loss"].isna().tolist() == [False, False, True]       # epoch 3 is the clean-only tail
 
@@ -138,7 +140,7 @@ def test_readme_hardening_example(tmp_path):
     loader = torch.utils.data.DataLoader(my_dataset, batch_size=8, shuffle=True)
     train.fit(model, loader, epochs=1, lr=0.01, progress=False)
     adversary = losses.Adversary("dra", eps=losses.EpsSchedule(2.0, 0.5, epochs=2), steps=2, p=1 / 3)
-    hist = train.fit(model, loader, epochs=2, lr=0.01, objective=losses.Finetune(adversary),
+    hist = train.fit(model, loader, epochs=2, lr=0.01, objective="finetune", adversary=adversary,
                      run_dir=tmp_path, name="finetune", progress=False)
     assert (tmp_path / "checkpoints" / "finetune.pt").exists() and hist["adv_loss"].notna().iloc[0]
 
@@ -151,8 +153,10 @@ def test_schedule_without_clean_tail_holds_eps_min_and_bad_schedules_are_refused
     with pytest.raises(ValueError, match="steps must be an integer"):
         Adversary("dra", eps=1.0, steps=0)
     with pytest.raises(ValueError, match="use replay='concat'"):
-        Finetune(Adversary("dra", eps=1.0, steps=2), replay="alternating", constrained=True,
-                 constraint_data=(torch.rand(2, 1, 4, 4), torch.tensor([0, 1])), std_model=nn.Linear(1, 1))
+        m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        fit(m, [(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))], epochs=1, lr=0.1, replay="alternating",
+            objective=Constrained.for_theta_std(m, (torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))),
+            adversary=Adversary("dra", eps=1.0, steps=2))
 
 
 def test_a_finetune_from_another_theta_std_is_refused(tmp_path):
@@ -172,15 +176,16 @@ def test_a_finetune_from_another_theta_std_is_refused(tmp_path):
 def test_replay_ratio_weighs_clean_against_adversarial(batch, ratio):
     model, x, y, xa = batch
     clean, adv = F.cross_entropy(model(x), y), F.cross_entropy(model(xa), y)
-    (update,) = Finetune(FixedAdversary(xa), ratio=ratio)(model, x, y, epoch=0)
-    assert torch.allclose(update()[0], (ratio * clean + adv) / (1 + ratio), atol=1e-6)
-    c, a = Finetune(FixedAdversary(xa), ratio=ratio, replay="alternating")(model, x, y, epoch=0)
+    (update,) = updates(partial(finetune, clean_weight=ratio), xa, model, x, y)
+    assert torch.allclose(update[0], (ratio * clean + adv) / (1 + ratio), atol=1e-6)
+    c, a = updates(madry, xa, model, x, y, replay="alternating", clean_weight=ratio)
     # the two alternating updates weigh their losses like the concatenated batch (mean weight 1)
-    assert torch.allclose((c()[0] + a()[0]) / 2, (ratio * clean + adv) / (1 + ratio), atol=1e-6)
+    assert torch.allclose((c[0] + a[0]) / 2, (ratio * clean + adv) / (1 + ratio), atol=1e-6)
 
 
 def test_replay_ratio_is_validated(batch):
+    model, x, y, xa = batch
     with pytest.raises(ValueError, match="clean:adversarial weight"):
-        Finetune(FixedAdversary(batch[3]), ratio=-1)
+        finetune(model, x, y, attack=fixed(xa), clean_weight=-1)
     with pytest.raises(ValueError, match="profile field ft_replay_ratio"):
         dataclasses.replace(get_profile("quick"), ft_replay_ratio=-0.5)

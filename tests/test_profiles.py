@@ -4,7 +4,7 @@ import pytest
 
 import robustlib
 from robustlib import PROFILES, RobustlibError, get_profile
-from robustlib.profiles import apply_overrides
+from robustlib.config import apply_overrides
 
 
 def test_paper_profiles_hold_section_va_settings():
