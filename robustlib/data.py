@@ -13,7 +13,9 @@ from __future__ import annotations
 import gzip
 import pickle
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,22 +37,8 @@ class DatasetInfo:
     classes: tuple[str, ...]
     crop_padding: int          # Section V.A "random cropping": pixels of zero padding before the crop
     flip: bool                 # Section V.A "random flipping": only where a mirror image keeps the label
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(10, 1, 8, (0.306,), (0.378,), tuple("0123456789"), 1, False),
-    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), tuple("0123456789"), 2, False),
-    "fashion-mnist": DatasetInfo(
-        10, 1, 28, (0.2860,), (0.3530,),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        2, True,
-    ),
-    "cifar10": DatasetInfo(
-        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        4, True,
-    ),
-}
+    # load(root, split, download) -> ImageData of this dataset, split "train" or "test"
+    load: Callable[[Path, str, bool], "ImageData"] | None = None
 
 
 @dataclass
@@ -183,7 +171,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data", dow
 
     Parameters
     ----------
-    name : ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
+    name : a key of ``DATASETS``: ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
     split : ``"train"`` or ``"test"``. ``digits`` has a fixed stratified split (1,437 / 360 images).
     root : data root holding ``MNIST/raw``, ``FashionMNIST/raw`` or ``cifar-10-batches-py`` (Fashion-MNIST
         is also found in ``/usr/share/datasets/fashion-mnist``, where Debian's package puts it).
@@ -199,14 +187,29 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data", dow
     >>> tuple(d.x.shape), d.x.max().item() <= 1.0
     ((360, 1, 8, 8), True)
     """
-    dataset_info(name)
+    info = dataset_info(name)
     if split not in ("train", "test"):
         raise RobustlibError(f"unknown split {split!r}; use 'train' or 'test'")
-    if name == "digits":
-        return _load_digits(split)
-    if name == "cifar10":
-        return _load_cifar10(Path(root), split, download)
-    return _load_idx_dataset(name, Path(root), split, download)
+    return info.load(Path(root), split, download)
+
+
+# name -> what a model and a loader need, and the loader; adding a dataset is one entry here
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 1, 8, (0.306,), (0.378,), tuple("0123456789"), 1, False,
+                          lambda root, split, download: _load_digits(split)),
+    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), tuple("0123456789"), 2, False,
+                         partial(_load_idx_dataset, "mnist")),
+    "fashion-mnist": DatasetInfo(
+        10, 1, 28, (0.2860,), (0.3530,),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        2, True, partial(_load_idx_dataset, "fashion-mnist"),
+    ),
+    "cifar10": DatasetInfo(
+        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        4, True, _load_cifar10,
+    ),
+}
 
 
 # --- batches ----------------------------------------------------------------------------------------

@@ -161,10 +161,11 @@ def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=N
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "paper": Protocol("pgd", "PGD-20, step eps/20, no random start (Section V.A)", _paper),
-    "pgd-rs": Protocol("pgd-rs", "PGD-20 with a random start, step 2.5*eps/20", _pgd_rs),
-    "strong": Protocol("strong", "worst case per example of PGD-20 (random start, step 2.5*eps/20) and "
-                                 "AutoAttack (standard, Linf)", _strong),
+    "paper": Protocol("pgd", f"PGD-{PAPER_STEPS}, step eps/{PAPER_STEPS}, no random start (Section V.A)", _paper),
+    "pgd-rs": Protocol("pgd-rs", f"PGD-{PAPER_STEPS} with a random start, step {PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}",
+                       _pgd_rs),
+    "strong": Protocol("strong", f"worst case per example of PGD-{PAPER_STEPS} (random start, step "
+                                 f"{PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}) and AutoAttack (standard, Linf)", _strong),
 }
 
 

@@ -31,7 +31,7 @@ from .data import ImageData, load_splits, split_validation
 from .evaluate import accuracy, evaluate_table, run_attack
 from .io import RobustlibError
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
-from .models import build_model
+from .models import build_model, model_spec
 from .profiles import Recorder, parse_eps
 from .train import fit, load_best, load_run, make_train_loader, pretrain, read_data_settings, run_meta, vanilla_name
 
@@ -91,12 +91,16 @@ METHODS: dict[str, Method] = {
 }
 
 
-def make_adversary(p, method: Method, attack: str, epochs: int) -> Adversary:
-    """The training adversary: the attack's budget from the profile (:attr:`Attack.budget`), on the
-    fine-tune's schedule for a fine-tune (same max/min ratio in the attack's own units), constant otherwise."""
+def _check_attack(attack: str) -> None:
     if attack not in ATTACKS or ATTACKS[attack].budget is None:
         usable = [k for k, a in ATTACKS.items() if a.budget is not None]
         raise RobustlibError(f"unknown training adversary {attack!r}; choose one of {', '.join(usable)}")
+
+
+def make_adversary(p, method: Method, attack: str, epochs: int) -> Adversary:
+    """The training adversary: the attack's budget from the profile (:attr:`Attack.budget`), on the
+    fine-tune's schedule for a fine-tune (same max/min ratio in the attack's own units), constant otherwise."""
+    _check_attack(attack)
     eps_max, eps_min, settings = ATTACKS[attack].budget(p, method.finetune)
     eps = EpsSchedule(eps_max, eps_min, epochs, p.ft_decay, p.ft_clean_tail) if method.finetune else eps_max
     return Adversary(attack, eps=eps, **settings, **method.attack_options.get(attack, {}))
@@ -141,6 +145,9 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     if method not in METHODS:
         raise RobustlibError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     m, p = METHODS[method], Recorder(cfg.profile)
+    attack = adversary or m.adversary
+    if attack:
+        _check_attack(attack)               # before theta_std is trained or loaded
     seed = cfg.profile.seed if seed is None else seed
     train, test = data or load_splits(cfg.profile, cfg.data_root)
     theta_std, _ = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
@@ -150,7 +157,6 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     epochs = p.epochs if scratch else p.ft_epochs
     if not scratch and p.ft_train_limit:
         train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
-    attack = adversary or m.adversary
     adv = make_adversary(p, m, attack, epochs) if attack else None
     beta = (m.beta(p) if beta is None else beta) if m.beta else None
     run = {"theta_std": theta_std, "train": train, "seed": seed}
@@ -162,15 +168,16 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
     loader = make_train_loader(cfg, train, seed=seed, p=p)
+    spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
     meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std))
-    return {"name": name, "meta": meta, "fit": fit_kwargs, "loader": loader, "adversary": adv,
+    return {"name": name, "meta": meta, "fit": fit_kwargs, "loader": loader, "adversary": adv, "spec": spec,
             "theta_std": theta_std, "scratch": scratch, "seed": seed}
 
 
 def _train(cfg: RunConfig, run: dict, progress: bool):
     torch.manual_seed(run["seed"])
-    model = build_model(**run["meta"]["model"]).to(cfg.device)
+    model = build_model(**run["spec"]).to(cfg.device)
     if not run["scratch"]:
         model.load_state_dict(run["theta_std"].state_dict())   # Section IV-A: every layer starts from theta_std
     history = fit(model, run["loader"], **run["fit"], device=cfg.device, run_dir=cfg.run_dir, name=run["name"],

@@ -174,7 +174,7 @@ def _check_fit_args(objective, adversary, replay, precision) -> Callable:
         raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
     if adversary is None and _needs_attack(objective):
         raise RobustlibError(f"objective {getattr(objective, '__name__', objective)!r} needs an adversary; pass "
-                             f"adversary=Adversary('pgd', eps=..., steps=..., step_factor=2.5)")
+                             f"adversary=losses.Adversary('pgd', eps=..., steps=..., step_factor=2.5)")
     return objective
 
 

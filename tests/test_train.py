@@ -128,3 +128,33 @@ def test_resuming_with_another_number_of_epochs_is_refused(tmp_path):
     fit(model, loader, epochs=2, lr=0.05, progress=False, run_dir=tmp_path, name="m")
     with pytest.raises(RobustlibError, match="belongs to a 2-epoch run, not 3"):
         fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path, name="m")
+
+
+def test_a_runs_settings_are_exactly_the_profile_fields_it_read(tmp_path):
+    from robustlib.methods import build_run
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    settings = {m: set(build_run(cfg, m, progress=False)["meta"]["settings"]) for m in ("control", "madry", "ours")}
+    shared = {"dataset", "model", "width", "train_limit", "seed", "val_size", "batch_size", "augment", "ft_epochs",
+              "ft_lr", "ft_lr_schedule", "momentum", "weight_decay", "milestones", "main_eps", "at_steps"}
+    assert shared <= settings["control"] and not settings["control"] & {"dra_p", "ft_eps_max", "baseline_init"}
+    assert settings["madry"] - settings["control"] == {"baseline_init"}     # PGD's budget is main_eps, at_steps
+    assert {"ft_eps_max", "ft_eps_min", "ft_decay", "ft_clean_tail", "ft_replay", "ft_replay_ratio", "dra_p",
+            "dra_steps"} == settings["ours"] - settings["control"]
+    assert "ft_eps_max" not in settings["madry"] and "lr" not in settings["ours"]   # lr is theta_std's, not Ours'
+
+
+def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    model, _ = pretrain(cfg, progress=False)
+    path = tmp_path / "checkpoints" / "vanilla.pt"
+    state = torch.load(path, weights_only=True)
+    legacy = {k: v for k, v in state.items() if k not in ("settings", "settings_hash")}
+    legacy["profile_fields"] = cfg.profile.as_dict()                 # what the checkpoints of 803e341 recorded
+    torch.save(legacy, path)
+    again, _ = pretrain(cfg, progress=False)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(again(x), model(x))
+    legacy["profile_fields"] = {**cfg.profile.as_dict(), "lr": 0.5}
+    torch.save(legacy, path)
+    with pytest.raises(RobustlibError, match="vanilla.pt was trained with lr=0.5 but the profile now says"):
+        pretrain(cfg, progress=False)
