@@ -102,7 +102,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     steps : number of gradient steps (each one forward and one backward pass).
     step_size : the step alpha, in pixel units (the paper's protocol: eps / 20 with 20 steps).
     step_factor : instead of ``step_size``, the step relative to the budget: ``step_factor * eps / steps``
-        (1 is the paper's protocol; :data:`PGD_STEP_FACTOR`, 2.5, Madry et al.'s).
+        (1 is the paper's protocol). Without either, :data:`PGD_STEP_FACTOR` (2.5, Madry et al.'s).
     random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``; this
         takes precedence over ``x_init``.
     seed : seeds the random start; ``None`` draws from torch's global generator.
@@ -125,10 +125,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     """
     _check(x, y, eps)
     _check_steps(steps)
-    if (step_size is None) == (step_factor is None):
-        raise ValueError("pass exactly one of step_size (pixel units) and step_factor (step = step_factor*eps/steps)")
-    if step_factor is not None:
-        step_size = step_factor * eps / steps
+    if step_size is not None and step_factor is not None:
+        raise ValueError("pass one of step_size (pixel units) and step_factor (step = step_factor*eps/steps), not both")
+    if step_size is None:
+        step_size = (PGD_STEP_FACTOR if step_factor is None else step_factor) * eps / steps
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     x = x.detach()
@@ -249,14 +249,18 @@ def _pgd_budget(p, scheduled: bool):
     return eps_max, eps_min, {"steps": p.at_steps, "step_factor": PGD_STEP_FACTOR, "seed": None}
 
 
+def _describe_pgd(e, steps, step_size=None, step_factor=None, **_) -> str:
+    step = f"{step_size:g}" if step_size is not None else f"{step_factor or PGD_STEP_FACTOR:g}*eps/{steps}"
+    return f"PGD-{steps} (eps={e}, step={step})"
+
+
 def _dra_budget(p, scheduled: bool):
     return p.ft_eps_max, (p.ft_eps_min if scheduled else None), {"steps": p.dra_steps, "p": p.dra_p}
 
 
 ATTACKS: dict[str, Attack] = {
     "fgsm": Attack(fgsm, lambda e, **_: f"FGSM (eps={e})", _linf_budget),
-    "pgd": Attack(pgd, lambda e, steps, step_factor, **_: f"PGD-{steps} (eps={e}, step={step_factor:g}*eps/{steps})",
-                  _pgd_budget),
+    "pgd": Attack(pgd, _describe_pgd, _pgd_budget),
     "dra": Attack(dra, lambda e, steps, p, **_: f"DRA (eps={e} L1, p={p:.3g}, T={steps})", _dra_budget),
 }
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .io import RobustlibError
+from .profiles import REGISTRIES
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -210,6 +211,7 @@ DATASETS: dict[str, DatasetInfo] = {
         4, True, _load_cifar10,
     ),
 }
+REGISTRIES["datasets"] = DATASETS     # profiles check their dataset name against it
 
 
 # --- batches ----------------------------------------------------------------------------------------

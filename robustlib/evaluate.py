@@ -6,6 +6,7 @@ makes the methods table, :func:`mean_std` and :func:`format_mean_std` summarise 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,22 +68,31 @@ def clean_report(model: nn.Module, data, *, batch_size: int = 512) -> dict:
 
 # --- robustness -----------------------------------------------------------------------------------------
 
+def takes_seed(attack: Callable) -> bool:
+    """Whether an attack (a function or an ``ATTACKS`` entry) declares a ``seed`` argument: its randomness."""
+    fn = getattr(attack, "fn", attack)
+    try:
+        return "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
-               seed: int | None = None, **kwargs) -> torch.Tensor:
+               seed: int | None = 0, **kwargs) -> torch.Tensor:
     """Apply an attack (a function or a name in ``ATTACKS``) batch by batch on the model's device.
 
-    ``seed`` (for an attack that takes one, such as PGD's random start) gives batch ``i`` the seed
-    ``seed + i``, so the result does not depend on which batches ran before; without it the attack's
-    own default applies.
+    An attack that declares a ``seed`` argument (PGD's random start) gets ``seed + i`` for batch ``i``, so
+    the result does not depend on which batches ran before; ``seed=None`` draws from torch's generator.
     """
     if isinstance(attack, str) and attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     fn = ATTACKS[attack] if isinstance(attack, str) else attack
+    seeded = takes_seed(fn)
     device = _device_of(model)
     out = []
     for i, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
-        extra = {"seed": seed + i} if seed is not None else {}
+        extra = {"seed": None if seed is None else seed + i} if seeded else {}
         out.append(fn(model, xb, yb, **kwargs, **extra).cpu())
     return torch.cat(out) if out else x.clone()
 
@@ -115,11 +125,12 @@ class Protocol:
     """A ``PROTOCOLS`` entry: the table column it fills (``pgd`` -> ``pgd@0.1``), a description, and
     ``attack(model, x, y, ok, *, eps, label, steps, batch_size, seed, **options) -> (ok, x_adv, settings, parts)``,
     which takes the clean-correct mask ``ok`` and returns the robust one, the worst-case batch, the exact
-    settings as words, and extra accuracies to report."""
+    settings as words, and extra accuracies to report; ``options`` names the keywords it takes besides."""
 
     column: str
     description: str
     attack: Callable
+    options: tuple[str, ...] = ()
 
 
 def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
@@ -165,7 +176,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "pgd-rs": Protocol("pgd-rs", f"PGD-{PAPER_STEPS} with a random start, step {PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}",
                        _pgd_rs),
     "strong": Protocol("strong", f"worst case per example of PGD-{PAPER_STEPS} (random start, step "
-                                 f"{PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}) and AutoAttack (standard, Linf)", _strong),
+                                 f"{PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}) and AutoAttack (standard, Linf)", _strong,
+                       ("state_dir", "autoattack_attacks")),
 }
 
 
@@ -192,6 +204,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
         raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    unknown = sorted(set(options) - set(PROTOCOLS[protocol].options))
+    if unknown:
+        raise ValueError(f"protocol {protocol!r} takes no {', '.join(unknown)}; its options: "
+                         f"{', '.join(PROTOCOLS[protocol].options) or 'none'}")
     eps_value, label = parse_eps(eps)
     y = y.cpu()
     clean_ok = predict(model, x) == y
@@ -210,7 +226,7 @@ def robustness_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_
 
 
 def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dra_eps: float, p: float,
-                         steps: int, pgd_steps: int = 20, hi: float = 0.5, iters: int = 12,
+                         steps: int, pgd_steps: int = PAPER_STEPS, hi: float = 0.5, iters: int = 12,
                          batch_size: int = 256) -> dict:
     """Find the PGD eps (paper protocol) that leaves the same robust accuracy as DRA at ``dra_eps``.
 

@@ -19,6 +19,7 @@ adversarial updates and the clean-only tail.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -76,8 +77,10 @@ class Adversary:
     """A training adversary: the attack ``ATTACKS[attack]`` with a budget that may follow an :class:`EpsSchedule`.
 
     ``Adversary("dra", eps=EpsSchedule(2.0, 0.5, 12), steps=5, p=1/3)``; every keyword besides ``eps`` is
-    passed to the attack as it is (``steps``, ``p``, ``step_factor``, ``random_start``, ``seed``, ...).
-    ``adversary.at(epoch)`` is the attack of that epoch, ``None`` where the budget is 0 (clean samples only).
+    passed to the attack as it is (``steps``, ``p``, ``step_factor``, ``random_start``, ...), and checked
+    against the attack's signature here. An attack that takes a ``seed`` gets ``seed=None`` unless one is
+    given: a training adversary draws from torch's generator, which :func:`~robustlib.train.fit` seeds
+    every epoch. ``adversary.at(epoch)`` is the attack of that epoch, ``None`` where the budget is 0.
     """
 
     def __init__(self, attack: str, *, eps: float | EpsSchedule, **settings):
@@ -90,6 +93,13 @@ class Adversary:
             raise ValueError(f"adversary p must be a fraction in [0, 1], got {settings['p']!r}")
         if not isinstance(eps, EpsSchedule) and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
             raise ValueError(f"adversary eps must be a finite number >= 0 or an EpsSchedule, got {eps!r}")
+        params = inspect.signature(ATTACKS[attack].fn).parameters
+        try:
+            inspect.signature(ATTACKS[attack].fn).bind(None, None, None, eps=0.0, **settings)
+        except TypeError as e:
+            raise ValueError(f"adversary {attack!r}: {e}; it takes {', '.join(list(params)[3:])}") from None
+        if "seed" in params:
+            settings.setdefault("seed", None)
         self.attack, self.eps, self.settings = attack, eps, dict(settings)
 
     def eps_at(self, epoch: int) -> float:

@@ -51,6 +51,7 @@ class Method:
     setup : ``setup(p, run) -> dict`` of :func:`~robustlib.train.fit`'s ``objective``, ``replay`` and
         ``clean_weight`` where they come from the profile ``p`` (``run`` has ``theta_std``, ``train``, ``seed``).
     attack_options : extra settings per training attack (Madry et al. start PGD at a random point).
+    check : ``check(p)`` refuses a profile this method cannot train, before theta_std is trained or loaded.
     """
 
     objective: str | Callable | None
@@ -60,6 +61,7 @@ class Method:
     beta: Callable | None = None
     setup: Callable | None = None
     attack_options: dict = field(default_factory=dict)
+    check: Callable | None = None
 
 
 def _ours(p, run) -> dict:
@@ -69,10 +71,13 @@ def _ours(p, run) -> dict:
     return {"objective": partial(OBJECTIVES["finetune"], clean_weight=p.ft_replay_ratio)}
 
 
-def _ours_constrained(p, run) -> dict:
-    """Eq. (8-9): λ by dual ascent on the clean loss of a fixed sample of 1,000 training images."""
+def _concat_only(p) -> None:
     if p.ft_replay != "concat":
         raise RobustlibError("the constrained fine-tune weighs both losses in one update; use ft_replay='concat'")
+
+
+def _ours_constrained(p, run) -> dict:
+    """Eq. (8-9): λ by dual ascent on the clean loss of a fixed sample of 1,000 training images."""
     sub = run["train"].subset(min(1000, len(run["train"])), seed=run["seed"])
     return {"objective": Constrained.for_theta_std(run["theta_std"], (sub.float_x(), sub.y), lam_lr=p.lam_lr)}
 
@@ -87,7 +92,7 @@ METHODS: dict[str, Method] = {
     "trades": Method("trades", "pgd", baseline=True, beta=lambda p: p.trades_betas[0]),
     "mart": Method("mart", "pgd", baseline=True, beta=lambda p: p.mart_beta),
     "ours": Method("finetune", "dra", finetune=True, setup=_ours),
-    "ours-constrained": Method("constrained", "dra", finetune=True, setup=_ours_constrained),
+    "ours-constrained": Method("constrained", "dra", finetune=True, setup=_ours_constrained, check=_concat_only),
 }
 
 
@@ -139,8 +144,8 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     """Everything one run needs, read from the profile, before anything is trained or loaded.
 
     Returns a dict with ``name``, ``meta`` (what its checkpoint must match: the settings read, their hash,
-    theta_std's fingerprint), ``fit`` (the keyword arguments of :func:`~robustlib.train.fit`), ``adversary``,
-    ``theta_std`` and ``scratch``.
+    theta_std's fingerprint), ``fit`` (the keyword arguments of :func:`~robustlib.train.fit`), ``train``
+    (its training images), ``adversary``, ``spec`` (its model), ``theta_std`` and ``scratch``.
     """
     if method not in METHODS:
         raise RobustlibError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -148,6 +153,8 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     attack = adversary or m.adversary
     if attack:
         _check_attack(attack)               # before theta_std is trained or loaded
+    if m.check:
+        m.check(p)
     seed = cfg.profile.seed if seed is None else seed
     train, test = data or load_splits(cfg.profile, cfg.data_root)
     theta_std, _ = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
@@ -158,7 +165,8 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     if not scratch and p.ft_train_limit:
         train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
     adv = make_adversary(p, m, attack, epochs) if attack else None
-    beta = (m.beta(p) if beta is None else beta) if m.beta else None
+    # the default comes from the profile, but the run is named by its value: the name is what is checked
+    beta = (m.beta(cfg.profile) if beta is None else beta) if m.beta else None
     run = {"theta_std": theta_std, "train": train, "seed": seed}
     fit_kwargs = dict(_objective(m, p, run, beta), adversary=adv, epochs=epochs,
                       lr=p.lr if scratch else p.ft_lr, momentum=p.momentum, weight_decay=p.weight_decay,
@@ -167,11 +175,11 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     xv, yv = val.float_x(), val.y
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
-    loader = make_train_loader(cfg, train, seed=seed, p=p)
+    _ = (p.batch_size, p.augment)           # read by the loader _train makes (only when it trains)
     spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
     meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std))
-    return {"name": name, "meta": meta, "fit": fit_kwargs, "loader": loader, "adversary": adv, "spec": spec,
+    return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "adversary": adv, "spec": spec,
             "theta_std": theta_std, "scratch": scratch, "seed": seed}
 
 
@@ -180,7 +188,8 @@ def _train(cfg: RunConfig, run: dict, progress: bool):
     model = build_model(**run["spec"]).to(cfg.device)
     if not run["scratch"]:
         model.load_state_dict(run["theta_std"].state_dict())   # Section IV-A: every layer starts from theta_std
-    history = fit(model, run["loader"], **run["fit"], device=cfg.device, run_dir=cfg.run_dir, name=run["name"],
+    loader = make_train_loader(cfg, run["train"], seed=run["seed"])
+    history = fit(model, loader, **run["fit"], device=cfg.device, run_dir=cfg.run_dir, name=run["name"],
                   meta=run["meta"], seed=run["seed"], progress=progress)
     adv = run["adversary"]
     if adv is not None:
@@ -213,7 +222,7 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
     loaded = load_run(cfg, run["name"], run["meta"], retrain=retrain)
     if loaded is None:
         model, history = _train(cfg, run, progress)
-        best = load_best(cfg, run["name"])
+        best = load_best(cfg, run["name"], run["meta"])
     else:
         model, history, best = loaded
     return {"model": model, "best": model if best is None else best, "history": history, "name": run["name"],

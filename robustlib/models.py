@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .data import dataset_info
 from .io import RobustlibError
+from .profiles import REGISTRIES
 
 
 class Normalize(nn.Module):
@@ -169,6 +170,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": _resnet(Bottleneck, [3, 4, 6, 3]),
     "resnet101": _resnet(Bottleneck, [3, 4, 23, 3]),
 }
+REGISTRIES["models"] = MODELS         # profiles check their model and backbones against it
 
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,

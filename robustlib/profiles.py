@@ -4,8 +4,10 @@ One notebook serves every profile: its papermill ``parameters`` cell names a pro
 overrides, and :func:`robustlib.config.setup` turns them into a :class:`~robustlib.config.RunConfig`.
 
 This module sits at the bottom of the data flow and imports nothing from the rest of the package: a field
-is checked here for its type and range (a ``ValueError`` naming it); names that refer to a registry
-(datasets, models) are checked by :mod:`robustlib.config`, which sees the registries.
+is checked here for its type and range (a ``ValueError`` naming it). Names that refer to a registry
+(datasets, models) are checked against ``REGISTRIES``, which :mod:`robustlib.data` and
+:mod:`robustlib.models` fill when they are imported (``import robustlib`` imports both), and again by
+:func:`robustlib.config.get_profile` for the profiles defined here before the registries existed.
 
 Where Section V.A of the paper is silent (the pretraining schedule, the number of pretraining epochs) the
 value is our choice and says so in the field's comment.
@@ -21,6 +23,8 @@ REPLAYS = ("concat", "alternating")
 INITS = ("pretrained", "scratch")
 # the attacks of standard AutoAttack (and its extras), as pyautoattack names them
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+# "datasets" -> robustlib.data.DATASETS, "models" -> robustlib.models.MODELS, filled by those modules
+REGISTRIES: dict = {}
 
 
 def parse_eps(value) -> tuple[float, str]:
@@ -99,15 +103,16 @@ class Profile:
         def bad(name, value, allowed):
             raise ValueError(f"profile field {name}={value!r} is invalid: expected {allowed}")
 
-        for name in ("epochs", "batch_size", "ft_epochs", "at_steps"):
+        for name in ("epochs", "batch_size", "ft_epochs", "at_steps", "dra_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
         for name in ("train_limit", "test_limit", "width", "eval_limit", "ft_train_limit"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 bad(name, v, "None or an integer >= 1")
-        if not self.lr > 0:
-            bad("lr", self.lr, "a float > 0")
+        for name in ("lr", "ft_lr"):
+            if not getattr(self, name) > 0:
+                bad(name, getattr(self, name), "a float > 0")
         if not 0 <= self.momentum < 1:
             bad("momentum", self.momentum, "a float in [0, 1)")
         if self.weight_decay < 0:
@@ -115,8 +120,6 @@ class Profile:
         for name in ("lr_schedule", "ft_lr_schedule"):
             if getattr(self, name) not in SCHEDULES:
                 bad(name, getattr(self, name), f"one of {', '.join(SCHEDULES)}")
-        if not self.ft_lr > 0:
-            bad("ft_lr", self.ft_lr, "a float > 0")
         if not 0 <= self.ft_eps_min <= self.ft_eps_max:
             bad("ft_eps_min/ft_eps_max", (self.ft_eps_min, self.ft_eps_max), "0 <= ft_eps_min <= ft_eps_max")
         if not 0 < self.ft_decay <= 1:
@@ -137,8 +140,6 @@ class Profile:
             bad("milestones", self.milestones, "fractions of the epochs in (0, 1)")
         if not 0 <= self.dra_p <= 1:
             bad("dra_p", self.dra_p, "a fraction in [0, 1]")
-        if not isinstance(self.dra_steps, int) or self.dra_steps < 1:
-            bad("dra_steps", self.dra_steps, "an integer >= 1")
         if any(e <= 0 for e in (*self.dra_eps_grid, self.calib_dra_eps)):
             bad("dra_eps_grid/calib_dra_eps", (self.dra_eps_grid, self.calib_dra_eps), "budgets > 0")
         for e in (*self.eval_eps, self.main_eps):
@@ -155,6 +156,8 @@ class Profile:
         for b in self.backbones:
             if not str(b).partition("/")[2].isdigit() and "/" in str(b):
                 bad("backbones", self.backbones, "entries like 'resnet18/8': a model, optionally /width")
+        if "datasets" in REGISTRIES and "models" in REGISTRIES:
+            self.check_names(REGISTRIES["datasets"], REGISTRIES["models"])
 
     def check_names(self, datasets, models) -> None:
         """The fields that name registry entries: ``dataset`` in ``datasets``, ``model``/``backbones`` in ``models``.

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
-from .losses import OBJECTIVES, Adversary, clean
+from .losses import OBJECTIVES, Adversary, clean, replay_weights
 from .models import build_model, eval_mode, model_spec
 from .profiles import Recorder
 
@@ -69,8 +69,11 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     """Refuse a checkpoint made for another run: another format, model, data, θ_std or settings.
 
     ``expect`` holds identity keys (``kind``, ``model``, ``dataset``, ``theta_std``); ``settings`` the
-    profile fields the run consumes. A checkpoint written before settings were hashed (it holds the whole
-    profile as ``profile_fields``) is accepted when those fields agree.
+    profile fields the run consumes. Their hash equal to the checkpoint's accepts it at once; otherwise
+    each field the run reads is compared with the checkpoint's record (its own settings, then the whole
+    profile it was trained under: so a checkpoint written before settings were hashed, or by a version
+    that read other fields, is accepted when every field this run reads agrees), and the first that
+    differs, or that the checkpoint does not record, is named.
     """
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
@@ -82,15 +85,15 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
                                  f"(retrain=True) to train it again")
     if settings is None or state.get("settings_hash") == settings_hash(settings):
         return
-    made = _plain(state.get("settings", state.get("profile_fields")) or {})
+    made = {**_plain(state.get("profile_fields") or {}), **_plain(state.get("settings") or {})}
     now = _plain(settings)
     for f in now:
-        if f in made and made[f] != now[f]:
+        if f not in made:
+            raise RobustlibError(f"{path} records no {f} (it was trained before that setting existed) but this run "
+                                 f"reads {f}={now[f]!r}; {RETRAIN}")
+        if made[f] != now[f]:
             raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
                                  f"{RETRAIN}")
-    if "settings_hash" in state:   # same fields, other values can't be: a field was added or removed
-        extra = sorted(set(now) ^ set(made))
-        raise RobustlibError(f"{path} was trained with other settings ({', '.join(extra)}); {RETRAIN}")
 
 
 def load_checkpoint(path: str | Path, *, expect: dict | None = None, settings: dict | None = None,
@@ -143,7 +146,7 @@ def batch_updates(objective: Callable, attack: Callable | None, model: nn.Module
     if clean_tail:
         yield clean(model, x, y)
     elif replay == "alternating":
-        w_clean, w_adv = 2 * clean_weight / (1 + clean_weight), 2 / (1 + clean_weight)
+        w_clean, w_adv = replay_weights(clean_weight)
         loss, logits, parts = clean(model, x, y)
         yield w_clean * loss, logits, parts
         loss, logits, parts = objective(model, x, y, attack=attack)
@@ -160,7 +163,7 @@ def _needs_attack(objective: Callable) -> bool:
     return param is not None and param.default is inspect.Parameter.empty
 
 
-def _check_fit_args(objective, adversary, replay, precision) -> Callable:
+def _check_fit_args(objective, adversary, replay, clean_weight, precision) -> Callable:
     if precision not in PRECISIONS:
         raise RobustlibError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if isinstance(objective, str):
@@ -168,13 +171,24 @@ def _check_fit_args(objective, adversary, replay, precision) -> Callable:
             raise RobustlibError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         objective = OBJECTIVES[objective]
     objective = objective or clean
-    if replay not in (None, "concat", "alternating"):
-        raise ValueError(f"replay must be None, 'concat' or 'alternating', got {replay!r}")
+    if isinstance(objective, type):
+        raise RobustlibError(f"objective {objective.__name__} carries state: pass an instance, e.g. "
+                             f"losses.Constrained.for_theta_std(theta_std, (x, y))")
+    if replay == "concat":
+        raise ValueError("the concatenated 1:1 replay is an objective: pass objective='finetune' (or "
+                         "partial(losses.finetune, clean_weight=r)) and no replay")
+    if replay not in (None, "alternating"):
+        raise ValueError(f"replay must be None or 'alternating', got {replay!r}")
     if replay == "alternating" and getattr(objective, "concat_only", False):
-        raise ValueError("the constrained fine-tune weighs both losses in one update; use replay='concat'")
+        raise ValueError("the constrained fine-tune weighs both losses in one update; leave replay=None (its "
+                         "batch concatenates the clean and adversarial samples)")
+    if replay is None and clean_weight != 1.0:
+        raise ValueError("clean_weight weighs the alternating replay's clean update; with replay=None pass "
+                         "partial(losses.finetune, clean_weight=...) as the objective")
+    replay_weights(clean_weight)                  # a weight ratio >= 0, checked before the first epoch
     if adversary is None and _needs_attack(objective):
         raise RobustlibError(f"objective {getattr(objective, '__name__', objective)!r} needs an adversary; pass "
-                             f"adversary=losses.Adversary('pgd', eps=..., steps=..., step_factor=2.5)")
+                             f"adversary=losses.Adversary('pgd', eps=..., steps=...)")
     return objective
 
 
@@ -298,7 +312,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     -------
     DataFrame, one row per epoch: epoch, lr, train_loss, train_acc, the objective's parts, the evaluation.
     """
-    objective = _check_fit_args(objective, adversary, replay, precision)
+    objective = _check_fit_args(objective, adversary, replay, clean_weight, precision)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
@@ -329,7 +343,7 @@ def run_meta(cfg, kind: str, settings: dict, **extra) -> dict:
     """What a checkpoint of this run records: enough to rebuild and check it without guessing."""
     return {"kind": kind, "model": model_spec(cfg.profile), "dataset": cfg.profile.dataset,
             "profile": cfg.profile.name, "settings": _plain(settings), "settings_hash": settings_hash(settings),
-            "torch": str(torch.__version__), **extra}
+            "profile_fields": _plain(cfg.profile.as_dict()), "torch": str(torch.__version__), **extra}
 
 
 def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
@@ -344,16 +358,21 @@ def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
             cfg.path("checkpoints", f"{name}.{suffix}").unlink(missing_ok=True)
     if not final.exists():
         return None
-    expect = {k: meta[k] for k in ("kind", "model", "dataset", "theta_std") if k in meta}
-    model, _ = load_checkpoint(final, expect=expect, settings=meta["settings"], device=cfg.device)
+    model, _ = load_checkpoint(final, expect=_identity(meta), settings=meta["settings"], device=cfg.device)
     metrics = cfg.path("metrics", f"{name}.csv")
-    return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()), load_best(cfg, name)
+    return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()), load_best(cfg, name, meta)
 
 
-def load_best(cfg, name: str):
-    """The run's best checkpoint (by its held-out metric), or ``None`` if it keeps none."""
+def _identity(meta: dict) -> dict:
+    return {k: meta[k] for k in ("kind", "model", "dataset", "theta_std") if k in meta}
+
+
+def load_best(cfg, name: str, meta: dict):
+    """The run's best checkpoint (by its held-out metric), checked like the run's own; ``None`` if it keeps none."""
     path = cfg.path("checkpoints", f"{name}.best.pt")
-    return load_checkpoint(path, device=cfg.device)[0] if path.exists() else None
+    if not path.exists():
+        return None
+    return load_checkpoint(path, expect=_identity(meta), settings=meta["settings"], device=cfg.device)[0]
 
 
 def read_data_settings(p) -> None:
@@ -361,12 +380,11 @@ def read_data_settings(p) -> None:
     _ = (p.dataset, p.train_limit, p.seed, p.val_size)
 
 
-def make_train_loader(cfg, train, *, seed: int | None = None, p=None) -> TensorLoader:
-    """The profile's seeded training batches; ``p`` (a :class:`~robustlib.profiles.Recorder`) records the reads."""
-    p = p or cfg.profile
+def make_train_loader(cfg, train, *, seed: int | None = None) -> TensorLoader:
+    """The profile's seeded training batches (a run's builder records ``batch_size`` and ``augment``)."""
+    p = cfg.profile
     return TensorLoader(train, batch_size=p.batch_size, shuffle=True, augment=p.augment,
-                        seed=cfg.profile.seed if seed is None else seed, device=cfg.device,
-                        in_memory=cfg.profile.in_memory)
+                        seed=p.seed if seed is None else seed, device=cfg.device, in_memory=p.in_memory)
 
 
 def _pretrain_plan(p) -> dict:

@@ -36,8 +36,10 @@ def test_a_variant_names_its_runs_and_shares_theta_std_unless_the_model_changes(
 
 def test_backbones_autoattack_subsets_and_ft_train_limit_are_validated():
     q = get_profile("quick")
+    with pytest.raises(ValueError, match="backbones"):
+        dataclasses.replace(q, backbones=("resnet7/8",))
     with pytest.raises(RobustlibError, match="backbones"):
-        apply_overrides(q, {"backbones": ("resnet7/8",)})         # a model name: checked against the registry
+        apply_overrides(q, {"backbones": ("resnet7/8",)})
     with pytest.raises(ValueError, match="backbones"):
         dataclasses.replace(q, backbones=("resnet18/wide",))
     with pytest.raises(ValueError, match="autoattack_attacks"):

@@ -235,3 +235,16 @@ def test_labels_must_be_an_integer_tensor(trained):
         E.run_attack("cw", model, x, y)
     with pytest.raises(ValueError, match="cannot read eps"):
         E.parse_eps(None)
+
+
+def test_run_attack_seeds_each_batch_of_an_attack_that_takes_a_seed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x, y = torch.rand(10, 1, 8, 8), torch.randint(0, 10, (10,))
+    kw = dict(eps=0.1, steps=2, step_factor=2.5, random_start=True)
+    whole = E.run_attack("pgd", model, x, y, batch_size=4, seed=7, **kw)
+    assert torch.equal(whole[4:8], pgd(model, x[4:8], y[4:8], seed=8, **kw))      # batch 1 gets seed + 1
+    assert E.takes_seed(pgd) and not E.takes_seed(dra)
+    assert E.run_attack("dra", model, x, y, batch_size=4, eps=1.0, p=0.5, steps=2).shape == x.shape
+    with pytest.raises(ValueError, match="protocol 'paper' takes no state_dirr; its options: none"):
+        E.robust_accuracy(model, x, y, eps=0.1, protocol="paper", state_dirr="/tmp")

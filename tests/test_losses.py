@@ -152,11 +152,11 @@ def test_schedule_without_clean_tail_holds_eps_min_and_bad_schedules_are_refused
         EpsSchedule(0.5, 2.0, 12)
     with pytest.raises(ValueError, match="steps must be an integer"):
         Adversary("dra", eps=1.0, steps=0)
-    with pytest.raises(ValueError, match="use replay='concat'"):
+    with pytest.raises(ValueError, match="weighs both losses in one update; leave replay=None"):
         m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         fit(m, [(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))], epochs=1, lr=0.1, replay="alternating",
             objective=Constrained.for_theta_std(m, (torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))),
-            adversary=Adversary("dra", eps=1.0, steps=2))
+            adversary=Adversary("dra", eps=1.0, steps=2, p=0.5))
 
 
 def test_a_finetune_from_another_theta_std_is_refused(tmp_path):
@@ -189,3 +189,50 @@ def test_replay_ratio_is_validated(batch):
         finetune(model, x, y, attack=fixed(xa), clean_weight=-1)
     with pytest.raises(ValueError, match="profile field ft_replay_ratio"):
         dataclasses.replace(get_profile("quick"), ft_replay_ratio=-0.5)
+
+
+def test_fit_refuses_what_it_would_ignore_or_crash_on_before_training():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    batches = [(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))]
+    adv = Adversary("pgd", eps=0.1, steps=1)
+    with pytest.raises(robustlib.RobustlibError, match="Constrained carries state: pass an instance"):
+        fit(m, batches, epochs=1, lr=0.1, objective="constrained", adversary=adv)
+    with pytest.raises(ValueError, match="the concatenated 1:1 replay is an objective"):
+        fit(m, batches, epochs=1, lr=0.1, objective="madry", adversary=adv, replay="concat")
+    with pytest.raises(ValueError, match="clean_weight weighs the alternating replay"):
+        fit(m, batches, epochs=1, lr=0.1, objective="madry", adversary=adv, clean_weight=3.0)
+    with pytest.raises(ValueError, match="clean:adversarial weight"):
+        fit(m, batches, epochs=1, lr=0.1, objective="madry", adversary=adv, replay="alternating", clean_weight=-1)
+    with pytest.raises(robustlib.RobustlibError, match="objective 'madry' needs an adversary"):
+        fit(m, batches, epochs=1, lr=0.1, objective="madry")
+
+
+def test_a_training_adversary_checks_its_settings_and_draws_from_the_seeded_generator():
+    with pytest.raises(ValueError, match="adversary 'dra': missing a required argument: 'p'"):
+        Adversary("dra", eps=1.0, steps=2)
+    with pytest.raises(ValueError, match="unexpected keyword argument 'q'"):
+        Adversary("pgd", eps=0.1, steps=2, q=1)
+    madry_like = Adversary("pgd", eps=0.1, steps=2, random_start=True)
+    assert madry_like.settings["seed"] is None                 # fit's per-epoch torch.manual_seed decides
+    assert madry_like.describe() == "PGD-2 (eps=0.1, step=2.5*eps/2)"   # Madry et al.'s step by default
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    small_steps = Adversary("pgd", eps=0.1, steps=1, step_factor=0.1, random_start=True)   # the start shows
+    torch.manual_seed(5)
+    a = small_steps.at(0)(model, x, y)
+    torch.manual_seed(5)
+    assert torch.equal(a, small_steps.at(0)(model, x, y))
+    assert not torch.equal(a, small_steps.at(0)(model, x, y))    # a new draw, not a fixed seed
+
+
+def test_a_default_beta_and_the_same_explicit_beta_are_the_same_run(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                          overrides={"ft_epochs": 1, "train_limit": 128})
+    first = train_method(cfg, "trades", progress=False)
+    again = train_method(cfg, "trades", beta=cfg.profile.trades_betas[0], progress=False)
+    assert first["name"] == again["name"] == "trades-b1-s0"
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(first["model"](x), again["model"](x))
+    more = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                           overrides={"ft_epochs": 1, "train_limit": 128, "trades_betas": [1.0, 0.5]})
+    assert torch.equal(train_method(more, "trades", progress=False)["model"](x), first["model"](x))
