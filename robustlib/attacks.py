@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -101,8 +101,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     eps : L-infinity radius in [0, 1] pixel units.
     steps : number of gradient steps (each one forward and one backward pass).
     step_size : the step alpha, in pixel units (the paper's protocol: eps / 20 with 20 steps).
-    step_factor : instead of ``step_size``, the step relative to the budget: ``step_factor * eps / steps``
-        (1 is the paper's protocol). Without either, :data:`PGD_STEP_FACTOR` (2.5, Madry et al.'s).
+    step_factor : the step relative to the budget, ``step_factor * eps / steps`` (1 is the paper's
+        protocol, :data:`PGD_STEP_FACTOR` Madry et al.'s); used where ``step_size`` is not given. One of
+        the two is required.
     random_start : start from a uniform point in the eps-ball (Madry et al.) instead of ``x``; this
         takes precedence over ``x_init``.
     seed : seeds the random start; ``None`` draws from torch's global generator.
@@ -125,10 +126,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     """
     _check(x, y, eps)
     _check_steps(steps)
-    if step_size is not None and step_factor is not None:
-        raise ValueError("pass one of step_size (pixel units) and step_factor (step = step_factor*eps/steps), not both")
+    if step_size is None and step_factor is None:
+        raise ValueError("pass step_size (pixel units) or step_factor (step = step_factor*eps/steps; 1 is the "
+                         "paper's protocol, 2.5 Madry et al.'s)")
     if step_size is None:
-        step_size = (PGD_STEP_FACTOR if step_factor is None else step_factor) * eps / steps
+        step_size = step_factor * eps / steps
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     x = x.detach()
@@ -223,12 +225,14 @@ class Attack:
     ``budget(profile, scheduled)`` returns ``(eps_max, eps_min, settings)``: the budget a profile gives this
     attack when it trains a model (``eps_min`` only when ``scheduled``, else ``None``) and the keyword
     arguments besides ``eps``. It reads only the profile fields it needs, so a run's settings hash holds
-    exactly those (:mod:`robustlib.methods`).
+    exactly those (:mod:`robustlib.methods`). ``defaults`` are the settings a training adversary
+    (:class:`~robustlib.losses.Adversary`) starts from, before its own.
     """
 
     fn: Callable[..., torch.Tensor]
     describe: Callable[..., str]
     budget: Callable | None = None
+    defaults: dict = field(default_factory=dict)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.fn(model, x, y, **kwargs)
@@ -250,7 +254,7 @@ def _pgd_budget(p, scheduled: bool):
 
 
 def _describe_pgd(e, steps, step_size=None, step_factor=None, **_) -> str:
-    step = f"{step_size:g}" if step_size is not None else f"{step_factor or PGD_STEP_FACTOR:g}*eps/{steps}"
+    step = f"{step_size:g}" if step_size is not None else f"{step_factor:g}*eps/{steps}"
     return f"PGD-{steps} (eps={e}, step={step})"
 
 
@@ -260,7 +264,7 @@ def _dra_budget(p, scheduled: bool):
 
 ATTACKS: dict[str, Attack] = {
     "fgsm": Attack(fgsm, lambda e, **_: f"FGSM (eps={e})", _linf_budget),
-    "pgd": Attack(pgd, _describe_pgd, _pgd_budget),
+    "pgd": Attack(pgd, _describe_pgd, _pgd_budget, {"step_factor": PGD_STEP_FACTOR}),
     "dra": Attack(dra, lambda e, steps, p, **_: f"DRA (eps={e} L1, p={p:.3g}, T={steps})", _dra_budget),
 }
 

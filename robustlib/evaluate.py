@@ -118,6 +118,7 @@ def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> pd.DataFrame:
 # the paper's protocol (Section V.A): PGD-20, step eps/20, from the clean point; the random-start protocol
 # uses as many steps with Madry et al.'s step 2.5*eps/steps
 PAPER_STEPS = 20
+_PROTOCOL_ARGS = ("eps", "label", "steps", "batch_size", "seed")     # what every protocol's attack receives
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,17 @@ class Protocol:
     """A ``PROTOCOLS`` entry: the table column it fills (``pgd`` -> ``pgd@0.1``), a description, and
     ``attack(model, x, y, ok, *, eps, label, steps, batch_size, seed, **options) -> (ok, x_adv, settings, parts)``,
     which takes the clean-correct mask ``ok`` and returns the robust one, the worst-case batch, the exact
-    settings as words, and extra accuracies to report; ``options`` names the keywords it takes besides."""
+    settings as words, and extra accuracies to report; it may take more keywords (``strong``: ``state_dir``,
+    ``autoattack_attacks``), its :attr:`options`."""
 
     column: str
     description: str
     attack: Callable
-    options: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        params = inspect.signature(self.attack).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PROTOCOL_ARGS)
 
 
 def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
@@ -176,8 +182,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "pgd-rs": Protocol("pgd-rs", f"PGD-{PAPER_STEPS} with a random start, step {PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}",
                        _pgd_rs),
     "strong": Protocol("strong", f"worst case per example of PGD-{PAPER_STEPS} (random start, step "
-                                 f"{PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}) and AutoAttack (standard, Linf)", _strong,
-                       ("state_dir", "autoattack_attacks")),
+                                 f"{PGD_STEP_FACTOR:g}*eps/{PAPER_STEPS}) and AutoAttack (standard, Linf)", _strong),
 }
 
 

@@ -93,12 +93,16 @@ class Adversary:
             raise ValueError(f"adversary p must be a fraction in [0, 1], got {settings['p']!r}")
         if not isinstance(eps, EpsSchedule) and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
             raise ValueError(f"adversary eps must be a finite number >= 0 or an EpsSchedule, got {eps!r}")
-        params = inspect.signature(ATTACKS[attack].fn).parameters
+        settings = {**ATTACKS[attack].defaults, **settings}
         try:
-            inspect.signature(ATTACKS[attack].fn).bind(None, None, None, eps=0.0, **settings)
+            signature = inspect.signature(ATTACKS[attack].fn)
+            signature.bind(None, None, None, eps=0.0, **settings)
         except TypeError as e:
-            raise ValueError(f"adversary {attack!r}: {e}; it takes {', '.join(list(params)[3:])}") from None
-        if "seed" in params:
+            takes = ", ".join(list(signature.parameters)[3:])
+            raise ValueError(f"adversary {attack!r}: {e}; it takes {takes}") from None
+        except ValueError:                  # a callable whose signature cannot be read: checked when it runs
+            signature = None
+        if signature is not None and "seed" in signature.parameters:
             settings.setdefault("seed", None)
         self.attack, self.eps, self.settings = attack, eps, dict(settings)
 

@@ -33,7 +33,8 @@ from .io import RobustlibError
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import build_model, model_spec
 from .profiles import Recorder, parse_eps
-from .train import fit, load_best, load_run, make_train_loader, pretrain, read_data_settings, run_meta, vanilla_name
+from .train import (fit, load_best, load_run, loader_plan, make_train_loader, pretrain, read_data_settings, run_meta,
+                    vanilla_name)
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,13 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     xv, yv = val.float_x(), val.y
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
-    _ = (p.batch_size, p.augment)           # read by the loader _train makes (only when it trains)
+    loader = loader_plan(p)                 # _train makes the loader, only when it trains
     spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
-    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std))
-    return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "adversary": adv, "spec": spec,
+    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std),
+                    **({"beta": beta} if beta is not None else {}))
+    return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "loader": loader, "adversary": adv,
+            "spec": spec,
             "theta_std": theta_std, "scratch": scratch, "seed": seed}
 
 
@@ -188,7 +191,7 @@ def _train(cfg: RunConfig, run: dict, progress: bool):
     model = build_model(**run["spec"]).to(cfg.device)
     if not run["scratch"]:
         model.load_state_dict(run["theta_std"].state_dict())   # Section IV-A: every layer starts from theta_std
-    loader = make_train_loader(cfg, run["train"], seed=run["seed"])
+    loader = make_train_loader(cfg, run["train"], seed=run["seed"], plan=run["loader"])
     history = fit(model, loader, **run["fit"], device=cfg.device, run_dir=cfg.run_dir, name=run["name"],
                   meta=run["meta"], seed=run["seed"], progress=progress)
     adv = run["adversary"]

@@ -34,6 +34,8 @@ from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+IDENTITY = ("model", "dataset", "kind", "theta_std", "beta")   # what a checkpoint must be made for
+OPTIONAL = ("beta",)                      # compared where recorded (older checkpoints carry it in their name only)
 RETRAIN = "pass retrain=True (or --retrain) to train it again, or use another run_dir"
 
 
@@ -70,27 +72,28 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
 
     ``expect`` holds identity keys (``kind``, ``model``, ``dataset``, ``theta_std``); ``settings`` the
     profile fields the run consumes. Their hash equal to the checkpoint's accepts it at once; otherwise
-    each field the run reads is compared with the checkpoint's record (its own settings, then the whole
-    profile it was trained under: so a checkpoint written before settings were hashed, or by a version
-    that read other fields, is accepted when every field this run reads agrees), and the first that
-    differs, or that the checkpoint does not record, is named.
+    each field this run reads is compared with the fields the checkpoint's run read, and the first that
+    differs, or that its run did not read, is named (a field only the old run read is no reason to
+    refuse). A checkpoint written before settings were recorded holds the whole profile
+    (``profile_fields``) instead, and is accepted when every field this run reads agrees with it.
     """
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
                              f"delete it or pass retrain=True")
-    for key in ("model", "dataset", "kind", "theta_std"):
-        if key in (expect or {}) and state.get(key) != expect[key]:
+    for key in IDENTITY:
+        if key in (expect or {}) and (key in state or key not in OPTIONAL) and state.get(key) != expect[key]:
             raise RobustlibError(f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs "
                                  f"{str(expect[key])[:80]!r}; use another run_dir, or delete the file "
                                  f"(retrain=True) to train it again")
     if settings is None or state.get("settings_hash") == settings_hash(settings):
         return
-    made = {**_plain(state.get("profile_fields") or {}), **_plain(state.get("settings") or {})}
+    legacy = "settings" not in state              # written before settings were recorded: the whole profile
+    made = _plain(state.get("profile_fields") if legacy else state["settings"]) or {}
     now = _plain(settings)
     for f in now:
         if f not in made:
-            raise RobustlibError(f"{path} records no {f} (it was trained before that setting existed) but this run "
-                                 f"reads {f}={now[f]!r}; {RETRAIN}")
+            why = "records no" if legacy else "was trained by a run that did not read"
+            raise RobustlibError(f"{path} {why} {f}, which this run reads ({f}={now[f]!r}); {RETRAIN}")
         if made[f] != now[f]:
             raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
                                  f"{RETRAIN}")
@@ -175,8 +178,8 @@ def _check_fit_args(objective, adversary, replay, clean_weight, precision) -> Ca
         raise RobustlibError(f"objective {objective.__name__} carries state: pass an instance, e.g. "
                              f"losses.Constrained.for_theta_std(theta_std, (x, y))")
     if replay == "concat":
-        raise ValueError("the concatenated 1:1 replay is an objective: pass objective='finetune' (or "
-                         "partial(losses.finetune, clean_weight=r)) and no replay")
+        raise ValueError("the concatenated 1:1 replay is the objective's own batch (objective='finetune', or "
+                         "partial(losses.finetune, clean_weight=r)): drop replay='concat'")
     if replay not in (None, "alternating"):
         raise ValueError(f"replay must be None or 'alternating', got {replay!r}")
     if replay == "alternating" and getattr(objective, "concat_only", False):
@@ -364,7 +367,7 @@ def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
 
 
 def _identity(meta: dict) -> dict:
-    return {k: meta[k] for k in ("kind", "model", "dataset", "theta_std") if k in meta}
+    return {k: meta[k] for k in IDENTITY if k in meta}
 
 
 def load_best(cfg, name: str, meta: dict):
@@ -380,18 +383,24 @@ def read_data_settings(p) -> None:
     _ = (p.dataset, p.train_limit, p.seed, p.val_size)
 
 
-def make_train_loader(cfg, train, *, seed: int | None = None) -> TensorLoader:
-    """The profile's seeded training batches (a run's builder records ``batch_size`` and ``augment``)."""
+def loader_plan(p) -> dict:
+    """What a run's batches depend on, read from ``p`` (a profile or a :class:`~robustlib.profiles.Recorder`)."""
+    return {"batch_size": p.batch_size, "augment": p.augment}
+
+
+def make_train_loader(cfg, train, *, seed: int | None = None, plan: dict | None = None) -> TensorLoader:
+    """The profile's seeded training batches, shuffled; ``plan`` from :func:`loader_plan` (default: the profile's).
+    Where the data sits (``in_memory``) changes no number, so no run records it."""
     p = cfg.profile
-    return TensorLoader(train, batch_size=p.batch_size, shuffle=True, augment=p.augment,
-                        seed=p.seed if seed is None else seed, device=cfg.device, in_memory=p.in_memory)
+    return TensorLoader(train, shuffle=True, **(plan or loader_plan(p)), seed=p.seed if seed is None else seed,
+                        device=cfg.device, in_memory=p.in_memory)
 
 
 def _pretrain_plan(p) -> dict:
     """Phase 1's model, data and optimiser settings, read from ``p``: theta_std's settings are these reads."""
     read_data_settings(p)
     return dict(spec=model_spec(p), epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                lr_schedule=p.lr_schedule, milestones=p.milestones, batch=(p.batch_size, p.augment))
+                lr_schedule=p.lr_schedule, milestones=p.milestones, loader=loader_plan(p))
 
 
 def pretrain_fields(profile) -> set[str]:
@@ -431,7 +440,8 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
         torch.manual_seed(seed)
         model = build_model(**plan["spec"]).to(cfg.device)
         x_test, y_test = test.float_x(), test.y
-        history = fit(model, make_train_loader(cfg, tr, seed=seed), epochs=plan["epochs"], lr=plan["lr"],
+        history = fit(model, make_train_loader(cfg, tr, seed=seed, plan=plan["loader"]), epochs=plan["epochs"],
+                      lr=plan["lr"],
                       momentum=plan["momentum"], weight_decay=plan["weight_decay"],
                       lr_schedule=plan["lr_schedule"], milestones=plan["milestones"],
                       evaluate=lambda m: {"test_acc": accuracy(m, x_test, y_test)}, device=cfg.device,

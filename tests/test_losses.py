@@ -197,7 +197,7 @@ def test_fit_refuses_what_it_would_ignore_or_crash_on_before_training():
     adv = Adversary("pgd", eps=0.1, steps=1)
     with pytest.raises(robustlib.RobustlibError, match="Constrained carries state: pass an instance"):
         fit(m, batches, epochs=1, lr=0.1, objective="constrained", adversary=adv)
-    with pytest.raises(ValueError, match="the concatenated 1:1 replay is an objective"):
+    with pytest.raises(ValueError, match="the concatenated 1:1 replay is the objective.s own batch"):
         fit(m, batches, epochs=1, lr=0.1, objective="madry", adversary=adv, replay="concat")
     with pytest.raises(ValueError, match="clean_weight weighs the alternating replay"):
         fit(m, batches, epochs=1, lr=0.1, objective="madry", adversary=adv, clean_weight=3.0)

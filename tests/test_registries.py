@@ -88,7 +88,8 @@ def test_unknown_registry_names_are_one_clear_line(tmp_path):
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
     with pytest.raises(robustlib.RobustlibError, match="unknown method 'nope'; choose one of vanilla"):
         methods.train_method(cfg, "nope", progress=False)
-    with pytest.raises(robustlib.RobustlibError, match="unknown training adversary 'nope'; choose one of fgsm, pgd"):
+    with pytest.raises(robustlib.RobustlibError,
+                       match="unknown training adversary 'nope'; choose one of fgsm, pgd, dra"):
         methods.train_method(cfg, "madry", adversary="nope", progress=False)
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate.evaluate_table({}, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), eps_list=["0.1"], protocols=("x",))

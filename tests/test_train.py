@@ -158,3 +158,16 @@ def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(
     torch.save(legacy, path)
     with pytest.raises(RobustlibError, match="vanilla.pt was trained with lr=0.5 but the profile now says"):
         pretrain(cfg, progress=False)
+
+
+def test_a_checkpoint_whose_run_did_not_read_a_setting_is_refused_even_if_its_profile_agrees(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    pretrain(cfg, progress=False)
+    path = tmp_path / "checkpoints" / "vanilla.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["profile_fields"]["augment"] == state["settings"]["augment"]
+    del state["settings"]["augment"]                       # as if an older version had not read it ...
+    state["settings_hash"] = "0" * 16
+    torch.save(state, path)
+    with pytest.raises(RobustlibError, match="vanilla.pt was trained by a run that did not read augment"):
+        pretrain(cfg, progress=False)                      # ... its weights may not follow the profile's value
