@@ -248,3 +248,30 @@ def test_run_attack_seeds_each_batch_of_an_attack_that_takes_a_seed():
     assert E.run_attack("dra", model, x, y, batch_size=4, eps=1.0, p=0.5, steps=2).shape == x.shape
     with pytest.raises(ValueError, match="protocol 'paper' takes no state_dirr; its options: none"):
         E.robust_accuracy(model, x, y, eps=0.1, protocol="paper", state_dirr="/tmp")
+
+
+def test_pgd_rs_counts_an_image_only_if_it_is_also_correct_clean():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, y = torch.rand(60, 1, 8, 8), torch.randint(0, 10, (60,))       # an untrained model: most images wrong
+    row, xa = E.robust_accuracy(model, x, y, eps=0.3, protocol="pgd-rs", seed=0)
+    clean_ok, adv_ok = E.predict(model, x) == y, E.predict(model, xa) == y
+    assert row["robust_acc"] == pytest.approx((clean_ok & adv_ok).float().mean().item())
+    assert row["robust_acc"] <= row["clean_acc"]
+
+
+def test_strong_runs_on_a_random_subset_beside_pgd_rs_on_the_same_images():
+    idx = E.attack_subset(360, 100, seed=0)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100 and not torch.equal(idx, torch.arange(100))
+    assert torch.equal(idx, E.attack_subset(360, 100, seed=0)) and bool((idx[1:] > idx[:-1]).all())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(24, 1, 8, 8)
+    y = E.predict(model, x)                                              # every image correct clean
+    t = E.evaluate_table({"m": model}, x, y, eps_list=["0.05"], autoattack_eps="0.05", autoattack_n=12,
+                         autoattack_attacks=("apgd-ce",))
+    assert list(t.columns) == ["method", "natural", "pgd@0.05", "pgd-rs@0.05", "pgd-rs@0.05/aa", "strong@0.05"]
+    sub = E.attack_subset(24, 12, seed=0)
+    same = E.robust_accuracy(model, x[sub], y[sub], eps="0.05", protocol="pgd-rs", seed=0)[0]["robust_acc"]
+    assert t.loc[0, "pgd-rs@0.05/aa"] == pytest.approx(same)             # pgd-rs on strong's own images
+    assert t.loc[0, "strong@0.05"] <= t.loc[0, "pgd-rs@0.05/aa"] + 1e-9
