@@ -193,11 +193,12 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     ---------
     ``paper``  : PGD with ``steps`` steps of eps/steps from the clean point (Section V.A: 20 steps of eps/20).
     ``pgd-rs`` : PGD with a random start (seeded) and steps of 2.5*eps/steps.
-    Every protocol counts an image as robust only if it is classified correctly clean and attacked.
     ``strong`` : per example, the worst case of PGD (random start, step 2.5*eps/steps) and AutoAttack
                  (standard, Linf); AutoAttack runs only on the points PGD did not break.
                  ``autoattack_attacks`` (e.g. ``("apgd-ce", "apgd-t")``) narrows AutoAttack to a subset
                  of its attacks, and ``state_dir`` makes it resumable; the settings string names them.
+
+    Every protocol counts an image as robust only if it is classified correctly clean and attacked.
 
     Returns
     -------
@@ -292,8 +293,9 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     of ``x``; and at ``autoattack_eps``, on ``autoattack_n`` images of ``x`` drawn at random
     (:func:`attack_subset`, seeded with ``seed``; the same images for every model), ``strong@<eps>`` (the
     ``strong`` protocol: standard Linf AutoAttack or its ``autoattack_attacks`` subset, after pgd-rs) beside
-    ``pgd-rs@<eps>/aa``, pgd-rs on those same images, so that the two read like for like. Every robust
-    column counts an image only if it is also classified correctly clean. eps labels are kept as written.
+    ``natural (aa)`` and ``pgd-rs@<eps> (aa)``, clean accuracy and pgd-rs (a run of its own, on those
+    images) on the same images, so that they read like for like. Every robust column counts an image
+    only if it is also classified correctly clean. eps labels are kept as written.
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
@@ -311,7 +313,8 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             idx = attack_subset(len(y), min(autoattack_n, len(y)), seed)
             strong, _ = robust_accuracy(model, x[idx], y[idx], eps=autoattack_eps, protocol="strong", seed=seed,
                                         state_dir=state_dir, autoattack_attacks=autoattack_attacks)
-            row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']}/aa"] = strong["pgd_rs_acc"]
+            row["natural (aa)"] = strong["clean_acc"]
+            row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']} (aa)"] = strong["pgd_rs_acc"]
             row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]
         rows.append(row)
     return pd.DataFrame(rows)
