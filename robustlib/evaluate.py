@@ -295,7 +295,9 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     ``strong`` protocol: standard Linf AutoAttack or its ``autoattack_attacks`` subset, after pgd-rs) beside
     ``natural (aa)`` and ``pgd-rs@<eps> (aa)``, clean accuracy and pgd-rs (a run of its own, on those
     images) on the same images, so that they read like for like. Every robust column counts an image
-    only if it is also classified correctly clean. eps labels are kept as written.
+    only if it is also classified correctly clean. eps labels are kept as written. Last, the image counts
+    behind the columns: ``images`` (``x``), ``images-all`` and ``images (aa)`` where measured (the verdicts'
+    test-sample noise, :mod:`robustlib.verdicts`).
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
@@ -316,6 +318,10 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             row["natural (aa)"] = strong["clean_acc"]
             row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']} (aa)"] = strong["pgd_rs_acc"]
             row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]
+            row["images (aa)"] = len(idx)
+        row["images"] = len(y)                      # what the verdicts' test-sample noise is computed from
+        if natural_on is not None:
+            row["images-all"] = len(natural_on[1])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -225,6 +225,7 @@ PROFILES: dict[str, Profile] = {
             # Madry 79.4% vs 78.9%, at ~35% less training time
             dra_steps=5, at_steps=5,
             seeds=(0, 1, 2),
+            ablation_seeds=(0, 1, 2),                 # every verdict rests on >= 3 paired seeds
             backbones=("resnet18/4", "resnet18/8"),   # Table IV as a width ladder of narrow ResNet-18s
         ),
         Profile(
@@ -250,6 +251,7 @@ PROFILES: dict[str, Profile] = {
             # chosen on the held-out split with scripts/select_finetune.py (README, "fashion"): the largest
             # budget that kept held-out clean accuracy within half a point of the control; 8 -> 2 lost 1.0
             ft_eps_max=4.0, ft_eps_min=1.0,
+            seeds=(0, 1, 2), ablation_seeds=(0, 1, 2),   # every verdict rests on >= 3 paired seeds
         ),
         Profile(
             name="paper-mnist",

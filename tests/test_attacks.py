@@ -276,7 +276,8 @@ def test_strong_runs_on_a_random_subset_beside_pgd_rs_on_the_same_images():
     t = E.evaluate_table({"m": model}, x, y, eps_list=["0.05"], autoattack_eps="0.05", autoattack_n=12,
                          autoattack_attacks=("apgd-ce",))
     assert list(t.columns) == ["method", "natural", "pgd@0.05", "pgd-rs@0.05", "natural (aa)", "pgd-rs@0.05 (aa)",
-                               "strong@0.05"]
+                               "strong@0.05", "images (aa)", "images"]
+    assert (t.loc[0, "images (aa)"], t.loc[0, "images"]) == (12, 24)
     sub = E.attack_subset(24, 12, seed=0)
     same = E.robust_accuracy(model, x[sub], y[sub], eps="0.05", protocol="pgd-rs", seed=0)[0]["robust_acc"]
     assert t.loc[0, "pgd-rs@0.05 (aa)"] == pytest.approx(same)           # pgd-rs on strong's own images

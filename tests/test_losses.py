@@ -123,7 +123,8 @@ def test_evaluate_table_columns_keep_eps_labels():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
     t = evaluate_table({"A": model}, x, y, eps_list=["0.1", "8/255"])
-    assert list(t.columns) == ["method", "natural", "pgd@0.1", "pgd-rs@0.1", "pgd@8/255", "pgd-rs@8/255"]
+    assert list(t.columns) == ["method", "natural", "pgd@0.1", "pgd-rs@0.1", "pgd@8/255", "pgd-rs@8/255", "images"]
+    assert t.loc[0, "images"] == 20
     assert (t[["pgd@0.1", "pgd-rs@0.1"]].to_numpy() <= t["natural"].to_numpy()[:, None] + 1e-9).all()
 
 

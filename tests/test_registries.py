@@ -71,7 +71,7 @@ def test_a_dataset_method_adversary_and_protocol_are_one_entry_each(registered, 
     x, y = test.float_x(), test.y
     table = evaluate.evaluate_table({"Toy": toy["model"], "Madry + toy": madry_toy["model"]}, x, y,
                                     eps_list=["0.1"], protocols=("paper", "toy"))   # the protocol: a column
-    assert list(table.columns) == ["method", "natural", "pgd@0.1", "toy@0.1"]
+    assert list(table.columns) == ["method", "natural", "pgd@0.1", "toy@0.1", "images"]
     assert (table["toy@0.1"] <= table["natural"] + 1e-9).all()
     row, _ = evaluate.robust_accuracy(toy["model"], x, y, eps="0.1", protocol="toy")
     assert row["attack"] == "toy attack, eps=0.1" and row["robust_acc"] == pytest.approx(table.loc[0, "toy@0.1"])

@@ -9,7 +9,7 @@ import pytest
 import robustlib
 from robustlib import report
 from robustlib.io import write_csv, write_json, write_text
-from robustlib.report import FAILS, HOLDS, PARTLY, UNTESTED
+from robustlib.report import FAILS, HOLDS, INCONCLUSIVE, UNTESTED
 
 # a 1x1 PNG
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -25,10 +25,23 @@ def cifar(digits):
     return dataclasses.replace(digits, dataset="cifar10")
 
 
-def methods(ours=(0.990, 0.70), vanilla=(0.995, 0.50), trades=((0.980, 0.65), (0.992, 0.60))):
+def methods(ours=(0.995, 0.70), vanilla=(0.995, 0.50), trades=((0.980, 0.65), (0.992, 0.60))):
     rows = [("Vanilla", *vanilla), ("Control", 0.996, 0.51), ("Madry", 0.98, 0.80), ("Ours", *ours)]
     rows += [(f"TRADES (1/λ={b})", *t) for b, t in zip((1, 0.1), trades)]
     return pd.DataFrame(rows, columns=["method", "natural", "pgd@0.1"]).assign(**{"pgd@0.2": 0.1})
+
+
+def seeded(df, key="method", noise=None, images=10_000):
+    """``df`` as three training seeds: every row's accuracies plus ``noise[row][seed]`` (0 where not given),
+    measured on ``images`` test images."""
+    acc = [c for c in df.columns if c.startswith("natural") or "@" in c or c in ("Ours", "Vanilla")]
+    out = []
+    for s in range(3):
+        d = df.copy()
+        for row, jitter in (noise or {}).items():
+            d.loc[d[key].astype(str) == row, acc] += jitter[s]
+        out.append(d.assign(seed=s, images=images))
+    return pd.concat(out, ignore_index=True)
 
 
 def table_v(dra=(0.6, 0.55, 0.7), pgd=(0.5, 0.5, 0.6)):
@@ -58,94 +71,117 @@ def corruptions(ours=(0.80, 0.70, 0.60), vanilla=(0.70, 0.60, 0.65)):
     return df.assign(source="on-the-fly suite")
 
 
+def M(df, **kw):
+    return {"03_methods_per_seed.csv": seeded(df, **kw)}
+
+
 def test_keeps_accuracy(digits):
+    v = report.claim_keeps_accuracy(M(methods()), digits)
+    assert v.verdict == HOLDS and v.source == "03_methods.csv" and "> -0.5" in v.rule
+    assert "natural Ours - Vanilla +0.0 [-0.2, +0.2] points (3 seeds; > -0.5)" in v.numbers
+    assert "pgd@0.1 Ours - Vanilla +20.0 [" in v.numbers and "pgd@0.1 Ours - Control +19.0" in v.numbers
+    # exactly half a point lower: the interval contains the margin
+    assert report.claim_keeps_accuracy(M(methods(ours=(0.990, 0.7))), digits).verdict == INCONCLUSIVE
+    assert report.claim_keeps_accuracy(M(methods(ours=(0.97, 0.7))), digits).verdict == FAILS
+    assert report.claim_keeps_accuracy(M(methods(ours=(0.995, 0.4))), digits).verdict == FAILS
+    # +5 points of robustness, but the seeds spread by 30: seed noise makes it inconclusive
+    noisy = M(methods(ours=(0.995, 0.55)), noise={"Ours": (-0.3, 0.0, 0.3)})
+    v = report.claim_keeps_accuracy(noisy, digits)
+    assert v.verdict == INCONCLUSIVE and "pgd@0.1 Ours - Vanilla +5.0 [" in v.numbers
+    # the same numbers from one seed (only the mean table): no estimate of seed noise, never a verdict
     v = report.claim_keeps_accuracy({"03_methods.csv": methods()}, digits)
-    assert v.verdict == HOLDS and "Ours 99.0% vs Vanilla 99.5% natural" in v.numbers
-    assert "pgd@0.1 70.0% vs 50.0%" in v.numbers and "Control" in v.numbers and v.source == "03_methods.csv"
-    assert report.claim_keeps_accuracy({"03_methods.csv": methods(ours=(0.98, 0.7))}, digits).verdict == PARTLY
-    assert report.claim_keeps_accuracy({"03_methods.csv": methods(ours=(0.98, 0.5))}, digits).verdict == FAILS
+    assert v.verdict == INCONCLUSIVE and "no interval: 1 seed" in v.numbers
+    # the per-seed table, where the run wrote one, is the one judged
+    both = {"03_methods.csv": methods(ours=(0.9, 0.1)), **M(methods())}
+    assert report.claim_keeps_accuracy(both, digits).verdict == HOLDS
     v = report.claim_keeps_accuracy({}, digits)
     assert v.verdict == UNTESTED and "03_methods.csv not produced" in v.numbers
     # clean accuracy on the whole test split, where the table has it, is the one judged
-    whole = methods(ours=(0.98, 0.7)).assign(**{"natural-all": [0.995, 0.996, 0.98, 0.992, 0.98, 0.99]})
-    v = report.claim_keeps_accuracy({"03_methods.csv": whole}, digits)
-    assert v.verdict == HOLDS and "Ours 99.2% vs Vanilla 99.5% natural-all" in v.numbers
+    whole = methods(ours=(0.98, 0.7)).assign(**{"natural-all": [0.995, 0.996, 0.98, 0.995, 0.98, 0.99]})
+    v = report.claim_keeps_accuracy(M(whole), digits)
+    assert v.verdict == HOLDS and "natural-all Ours - Vanilla +0.0" in v.numbers
+
+
+def test_keeps_accuracy_counts_test_sample_noise(digits):
+    # identical seeds (no seed noise), but 100 test images: +3 points of robustness is inside the binomial error
+    v = report.claim_keeps_accuracy(M(methods(ours=(0.995, 0.53)), images=100), digits)
+    assert v.verdict == INCONCLUSIVE
+    assert report.claim_keeps_accuracy(M(methods(ours=(0.995, 0.53)), images=100_000), digits).verdict == HOLDS
 
 
 def test_missing_column_is_named_not_a_crash(digits):
-    v = report.claim_keeps_accuracy({"03_methods.csv": methods().drop(columns="pgd@0.1")}, digits)
+    v = report.claim_keeps_accuracy(M(methods().drop(columns="pgd@0.1")), digits)
     assert v.verdict == UNTESTED and "'pgd@0.1'" in v.numbers and "pgd@0.2" in v.numbers
-    v = report.claim_keeps_accuracy({"03_methods.csv": methods().query("method != 'Ours'")}, digits)
+    v = report.claim_keeps_accuracy(M(methods().query("method != 'Ours'")), digits)
     assert v.verdict == UNTESTED and "'Ours'" in v.numbers
 
 
 def test_beats_trades_only_judged_on_cifar10(digits, cifar):
-    t = {"03_methods.csv": methods()}
-    assert report.claim_beats_trades(t, cifar).verdict == PARTLY          # loses natural to TRADES (1/λ=0.1)
-    win = {"03_methods.csv": methods(ours=(0.995, 0.7))}
+    # loses natural to TRADES (1/λ=0.1) by 2 points: that part does not hold
+    assert report.claim_beats_trades(M(methods(ours=(0.972, 0.7))), cifar).verdict == FAILS
+    win = M(methods(ours=(0.995, 0.7)))
     v = report.claim_beats_trades(win, cifar)
-    assert v.verdict == HOLDS and "beats 2 of 2" in v.numbers
-    lose = {"03_methods.csv": methods(ours=(0.97, 0.55))}
-    assert report.claim_beats_trades(lose, cifar).verdict == FAILS
+    assert v.verdict == HOLDS and "pgd@0.1 Ours - TRADES (1/λ=1) +5.0" in v.numbers
+    assert report.claim_beats_trades(M(methods(ours=(0.97, 0.55))), cifar).verdict == FAILS
     v = report.claim_beats_trades(win, digits)
     assert v.verdict == UNTESTED and "the claim is about CIFAR-10; on digits" in v.numbers
-    assert "TRADES (1/λ=1) 98.0% / 65.0%" in v.numbers
 
 
 def test_dra_beats_pgd(digits):
-    assert report.claim_dra_beats_pgd({"04_table_v.csv": table_v()}, digits).verdict == HOLDS
-    v = report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.6, 0.4, 0.5))}, digits)
-    assert v.verdict == PARTLY and "Madry: DRA 60.0% vs PGD 50.0%" in v.numbers
-    assert report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.4, 0.4, 0.5))}, digits).verdict == FAILS
-    tie = report.claim_dra_beats_pgd({"04_table_v.csv": table_v(dra=(0.5, 0.5, 0.6))}, digits)
-    assert tie.verdict == FAILS                     # equal is not better
+    tv = lambda **kw: {"04_table_v_per_seed.csv": seeded(table_v(**kw))}
+    v = report.claim_dra_beats_pgd(tv(), digits)
+    assert v.verdict == HOLDS and "Madry: DRA - PGD +10.0" in v.numbers
+    assert report.claim_dra_beats_pgd(tv(dra=(0.6, 0.4, 0.7)), digits).verdict == FAILS   # behind in TRADES
+    noisy = {"04_table_v_per_seed.csv": seeded(table_v(dra=(0.52, 0.55, 0.7)), noise={"Madry + DRA": (-.1, 0, .1)})}
+    assert report.claim_dra_beats_pgd(noisy, digits).verdict == INCONCLUSIVE
+    # a tie measured on few images is inconclusive, not "does not hold"
+    tie = {"04_table_v_per_seed.csv": seeded(table_v(dra=(0.5, 0.5, 0.6)), images=360)}
+    assert report.claim_dra_beats_pgd(tie, digits).verdict == INCONCLUSIVE
     assert report.claim_dra_beats_pgd({}, digits).verdict == UNTESTED
 
 
 def test_p_saturates(digits):
     fig4 = pd.DataFrame({"share of p=1 reached at p=1/3": [0.8, 0.9]})
-    v = report.claim_p_saturates({"04_p_sweep.csv": p_sweep(), "01_fig4_saturation.csv": fig4}, digits)
+    ps = lambda r, **kw: {"04_p_sweep_per_seed.csv": seeded(p_sweep(r), key="label", **kw)}
+    v = report.claim_p_saturates({**ps((0.50, 0.60, 0.68, 0.69, 0.70)), "01_fig4_saturation.csv": fig4}, digits)
     assert v.verdict == HOLDS and "50.0% / 68.0% / 70.0%" in v.numbers and "80.0%-90.0%" in v.numbers
     assert "natural at p=1/3 97.0% vs p=1 95.0%" in v.numbers
-    still_climbing = p_sweep((0.5, 0.52, 0.55, 0.62, 0.70))
-    assert report.claim_p_saturates({"04_p_sweep.csv": still_climbing}, digits).verdict == PARTLY
     # 40% of the p=0 -> p=1 gain comes after p = 1/3: more than the quarter the rule allows
-    assert report.claim_p_saturates({"04_p_sweep.csv": p_sweep((0.5, 0.55, 0.62, 0.66, 0.7))}, digits).verdict == PARTLY
-    assert report.claim_p_saturates({"04_p_sweep.csv": p_sweep((0.5, 0.5, 0.5, 0.6, 0.7))}, digits).verdict == FAILS
-    flat = p_sweep((0.5,) * 5)                    # "saturated" from the start: DRA fine-tune adds nothing
-    assert report.claim_p_saturates({"04_p_sweep.csv": flat}, digits).verdict == FAILS
+    assert report.claim_p_saturates(ps((0.5, 0.55, 0.62, 0.66, 0.7)), digits).verdict == FAILS
+    assert report.claim_p_saturates(ps((0.5, 0.45, 0.4, 0.45, 0.5)), digits).verdict == FAILS   # p=1/3 worse than 0
+    assert report.claim_p_saturates(ps((0.5,) * 5), digits).verdict == INCONCLUSIVE   # a tie is not a verdict
+    noisy = ps((0.50, 0.60, 0.68, 0.69, 0.70), noise={"1/3": (-0.1, 0, 0.1)})
+    assert report.claim_p_saturates(noisy, digits).verdict == INCONCLUSIVE
     v = report.claim_p_saturates({"01_fig4_saturation.csv": fig4}, digits)
     assert v.verdict == UNTESTED and "04_p_sweep.csv not produced" in v.numbers and "Fig. 4" in v.numbers
 
 
 def test_bigger_backbones_gain_more(digits):
-    v = report.claim_bigger_gains_more({"04_backbones.csv": backbones()}, digits)
+    bb = lambda g, **kw: {"04_backbones_per_seed.csv": seeded(backbones(g), key="backbone", **kw)}
+    v = report.claim_bigger_gains_more(bb((0.1, 0.2, 0.3)), digits)
     assert v.verdict == HOLDS and "net0 +10.0, net1 +20.0, net2 +30.0" in v.numbers
-    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1, 0.3, 0.2))}, digits).verdict == PARTLY
-    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1, 0.1, 0.3))}, digits).verdict == PARTLY
-    assert report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.3, 0.1, 0.2))}, digits).verdict == FAILS
-    v = report.claim_bigger_gains_more({"04_backbones.csv": backbones((0.1,))}, digits)
+    assert "gain net1 - gain net0 +10.0" in v.numbers
+    assert report.claim_bigger_gains_more(bb((0.1, 0.3, 0.2)), digits).verdict == FAILS
+    assert report.claim_bigger_gains_more(bb((0.1, 0.1, 0.3)), digits).verdict == INCONCLUSIVE
+    v = report.claim_bigger_gains_more(bb((0.1,)), digits)
     assert v.verdict == UNTESTED and "need 2" in v.numbers
 
 
 def test_corruptions(digits):
-    v = report.claim_corruptions({"05_corruptions.csv": corruptions()}, digits)
-    assert v.verdict == PARTLY and "better on 2 of 3 corruptions" in v.numbers and "on-the-fly suite" in v.numbers
-    every = corruptions(ours=(0.8, 0.7, 0.7), vanilla=(0.7, 0.6, 0.65))       # Table VII: ahead on all of them
-    assert report.claim_corruptions({"05_corruptions.csv": every}, digits).verdict == HOLDS
-    worse = corruptions(ours=(0.6, 0.5, 0.7), vanilla=(0.7, 0.6, 0.65))
-    assert report.claim_corruptions({"05_corruptions.csv": worse}, digits).verdict == FAILS
-    one_big_win = corruptions(ours=(0.9, 0.59, 0.6), vanilla=(0.5, 0.6, 0.65))
-    assert report.claim_corruptions({"05_corruptions.csv": one_big_win}, digits).verdict == PARTLY
-    exactly_half = corruptions(ours=(0.9, 0.9, 0.5, 0.5), vanilla=(0.6, 0.6, 0.6, 0.6))   # 2 of 4 is not "more"
-    v = report.claim_corruptions({"05_corruptions.csv": exactly_half}, digits)
-    assert v.verdict == PARTLY and "better on 2 of 4" in v.numbers
+    cc = lambda **kw: {"05_corruptions_per_seed.csv": seeded(corruptions(**kw), key="corruption", images=1000)}
+    v = report.claim_corruptions(cc(), digits)
+    assert v.verdict == HOLDS and "ahead beyond the interval on 2, behind on 1 of 3" in v.numbers
+    assert "on-the-fly suite" in v.numbers
+    worse = cc(ours=(0.6, 0.5, 0.7), vanilla=(0.7, 0.6, 0.65))
+    assert report.claim_corruptions(worse, digits).verdict == FAILS
+    close = cc(ours=(0.71, 0.60, 0.65), vanilla=(0.70, 0.60, 0.65))       # +0.3 points on the mean, 1000 images
+    assert report.claim_corruptions(close, digits).verdict == INCONCLUSIVE
 
 
 def test_every_claim_has_a_documented_rule():
     assert len(report.CLAIMS) == 6
     for rule in report.CLAIMS:
-        assert rule.text and rule.source.endswith(".csv") and "holds" in rule.__doc__.lower()
+        assert rule.text and rule.source.endswith(".csv") and "must" in rule.__doc__.lower() or "> 0" in rule.__doc__
 
 
 def test_markdown_table_formats_accuracies_only():
@@ -163,7 +199,9 @@ def run_dir(tmp_path):
     write_csv(tmp_path / "tables" / "03_methods.csv", methods())
     write_csv(tmp_path / "tables" / "03_methods_vs_paper.csv",
               pd.DataFrame({"method": ["Ours"], "paper": [0.98], "measured": [0.97]}))
+    write_csv(tmp_path / "tables" / "03_methods_per_seed.csv", seeded(methods()))
     write_csv(tmp_path / "tables" / "04_table_v.csv", table_v(dra=(0.4, 0.4, 0.5)))
+    write_csv(tmp_path / "tables" / "04_table_v_per_seed.csv", seeded(table_v(dra=(0.4, 0.4, 0.5))))
     write_csv(tmp_path / "tables" / "02_pretraining.csv", pd.DataFrame({"method": ["Vanilla"], "natural": [0.99]}))
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "03_tradeoff.png").write_bytes(PNG)
@@ -186,7 +224,9 @@ def test_build_report(run_dir):
     # the ledger comes first, before any notebook section
     assert md.index("## Claims ledger") < md.index("## 02_pretraining") < md.index("## 03 · The fine-tune")
     assert "| The fine-tune keeps clean accuracy while adding robustness | **holds** |" in md
-    assert "Table V) | **does not hold** |" in md
+    assert "Table V) | **does not hold** | DRA - PGD on the pgd@0.1 > 0 points in every training |" in md
+    assert "**The rule** (`robustlib/verdicts.py`), for every claim: paired by training seed" in md
+    assert "1 holds, 0 inconclusive, 1 does not hold, 4 not tested on this profile" in md
     assert "table 05_corruptions.csv not produced" in md
     # per notebook: wall time, title from the executed notebook, tables in percent, paper tables, figures
     assert "9.5 s on cpu" in md and "finished 2026-01-02 03:04:05 UTC" in md

@@ -1,0 +1,144 @@
+"""One rule for every verdict: a difference, its interval over training seeds and test images, and one of
+three outcomes.
+
+A claim of the paper ("DRA trains better than PGD", "the fine-tune keeps clean accuracy") is a statement
+about a difference of accuracies, ``d = A - B``, and a *margin* it must clear (0 for "better", -0.5 points
+for "not lower"). Each run measures ``A_s`` and ``B_s`` per training seed ``s`` on the same ``m`` test
+images, so:
+
+- the runs are **paired by seed** (the two runs of a seed share theta_std and the data order where the
+  methods allow it): ``d_s = A_s - B_s``, ``d = mean(d_s)`` over the ``n`` seeds both have;
+- **seed noise**: ``t(0.975, n-1) * sd(d_s) / sqrt(n)``; with one seed there is no estimate of it;
+- **test-sample noise**: ``1.96 * sqrt(sum_k w_k^2 a_k (1 - a_k) / m)`` for the accuracies ``a_k`` in the
+  difference, the binomial error of each accuracy on ``m`` images, as if they were independent (they are
+  measured on the same images, which makes the true error of a difference smaller: the interval is
+  conservative);
+- the 95% interval is ``d -/+ sqrt(seed_term^2 + test_term^2)``.
+
+The verdict on "d > margin": **holds** if the whole interval lies above the margin, **does not hold** if
+it lies below, **inconclusive** if it contains the margin or if fewer than two seeds were run. A claim made
+of several parts holds if every part holds and does not hold if any part does not.
+
+Example
+-------
+>>> c = compare({0: 0.72, 1: 0.74, 2: 0.71}, {0: 0.51, 1: 0.54, 2: 0.50}, images=360, label="pgd@0.1")
+>>> c.verdict, round(100 * c.diff, 1)
+('holds', 20.7)
+>>> print(c)
+pgd@0.1 +20.7 [+13.6, +27.7] points (3 seeds; > 0)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pandas as pd
+from scipy import stats
+
+HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested on this profile"
+LEVEL = 0.95
+NOT_LOWER = -0.005   # "keeps accuracy": not more than half a point lower (the margin of a non-inferiority claim)
+RULE = ("paired by training seed: d = mean over seeds of A - B; 95% interval d -/+ sqrt((t(n-1) sd/sqrt(n))^2 "
+        "+ (1.96 se_test)^2), se_test the binomial error of the accuracies on the test images; holds if the "
+        "interval lies above the claim's margin, does not hold if below, inconclusive if it contains it or "
+        "fewer than 2 seeds were run")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A difference (fractions), its 95% interval, how many seeds it pairs and the verdict on ``d > margin``."""
+
+    label: str
+    diff: float
+    lo: float
+    hi: float
+    seeds: int
+    margin: float
+    verdict: str
+
+    def __str__(self) -> str:
+        def pts(v):
+            return f"{100 * v:+.1f}"
+        side = f"> {100 * self.margin:g}" if self.margin else "> 0"
+        interval = f"[{pts(self.lo)}, {pts(self.hi)}]" if self.seeds > 1 else "[no interval: 1 seed]"
+        return (f"{self.label + ' ' if self.label else ''}{pts(self.diff)} {interval} points "
+                f"({self.seeds} seed{'s' * (self.seeds != 1)}; {side})")
+
+
+def _series(values) -> pd.Series:
+    if isinstance(values, pd.Series):
+        return values.astype(float)
+    if isinstance(values, Mapping):
+        return pd.Series(values, dtype=float)
+    return pd.Series(list(values), dtype=float)
+
+
+def contrast(terms: Iterable[tuple[float, object]], *, images: int | None, margin: float = 0.0,
+             label: str = "") -> Comparison:
+    """The verdict on ``sum_k w_k X_k > margin`` for per-seed accuracies ``X_k`` given as ``(w_k, X_k)``.
+
+    Each ``X_k`` is a Series indexed by seed (or a dict seed -> value, or a sequence indexed 0, 1, ...);
+    only the seeds every term has are used (pairing). ``images`` is the number of test images each accuracy
+    was measured on (None: test-sample noise is left out).
+    """
+    terms = [(float(w), _series(x)) for w, x in terms]
+    seeds = sorted(set.intersection(*(set(x.dropna().index) for _, x in terms)))
+    if not seeds:
+        return Comparison(label, math.nan, math.nan, math.nan, 0, margin, INCONCLUSIVE)
+    per_seed = sum(w * x.loc[seeds] for w, x in terms)
+    n, d = len(seeds), float(per_seed.mean())
+    test_var = sum(w * w * float(x.loc[seeds].mean()) * (1 - float(x.loc[seeds].mean())) for w, x in terms) / images \
+        if images else 0.0
+    if n < 2:
+        return Comparison(label, d, math.nan, math.nan, n, margin, INCONCLUSIVE)
+    seed_half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * float(per_seed.std(ddof=1)) / math.sqrt(n)
+    test_half = stats.norm.ppf((1 + LEVEL) / 2) * math.sqrt(max(test_var, 0.0))
+    half = math.hypot(seed_half, test_half)
+    lo, hi = d - half, d + half
+    verdict = HOLDS if lo > margin else FAILS if hi < margin else INCONCLUSIVE
+    return Comparison(label, d, lo, hi, n, margin, verdict)
+
+
+def compare(a, b, *, images: int | None, margin: float = 0.0, label: str = "") -> Comparison:
+    """The verdict on ``A - B > margin`` for per-seed accuracies ``a`` and ``b`` (paired by seed)."""
+    return contrast([(1.0, a), (-1.0, b)], images=images, margin=margin, label=label)
+
+
+def combine(parts: Iterable[Comparison]) -> str:
+    """The verdict on a claim made of several parts: holds if all hold, does not hold if any does not."""
+    verdicts = [c.verdict for c in parts]
+    if verdicts and all(v == HOLDS for v in verdicts):
+        return HOLDS
+    return FAILS if FAILS in verdicts else INCONCLUSIVE
+
+
+def per_seed(df: pd.DataFrame, key: str, row: str, column: str) -> pd.Series:
+    """``column`` of the rows whose ``key`` is ``row``, indexed by ``seed`` (seed 0 if the table has none)."""
+    rows = df[df[key].astype(str) == row]
+    seeds = rows["seed"] if "seed" in rows.columns else pd.Series(0, index=rows.index)
+    values = pd.to_numeric(rows[column], errors="coerce")
+    return pd.Series(values.to_numpy(), index=seeds.to_numpy()).groupby(level=0).mean().dropna()
+
+
+def images_for(df: pd.DataFrame, column: str) -> int | None:
+    """The test images behind ``column`` of a table from :func:`robustlib.evaluate.evaluate_table`: its
+    ``images-all`` (for ``natural-all``), ``images (aa)`` (AutoAttack's columns) or ``images`` column; None if
+    the table does not say (test-sample noise is then left out)."""
+    which = "images-all" if column == "natural-all" else \
+        "images (aa)" if "(aa)" in column or column.startswith("strong") else "images"
+    n = pd.to_numeric(df[which], errors="coerce").dropna() if which in df.columns else pd.Series(dtype=float)
+    return int(n.min()) if not n.empty else None
+
+
+def between(df: pd.DataFrame, a: str, b: str, column: str, *, key: str = "method", margin: float = 0.0) -> Comparison:
+    """Row ``a`` minus row ``b`` of a per-seed table in ``column``, paired by seed, with its verdict."""
+    return compare(per_seed(df, key, a, column), per_seed(df, key, b, column), images=images_for(df, column),
+                   margin=margin, label=f"{column} {a} - {b}")
+
+
+def against(df: pd.DataFrame, reference: str, column: str, *, key: str = "method", margin: float = 0.0) -> list[Comparison]:
+    """Every other row of a per-seed table minus the ``reference`` row (an ablation read against the
+    profile's own run), with :func:`between`."""
+    return [between(df, row, reference, column, key=key, margin=margin)
+            for row in dict.fromkeys(df[key].astype(str)) if row != reference]

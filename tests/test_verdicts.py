@@ -1,0 +1,66 @@
+"""The verdict rule: the interval by hand, pairing by seed, the three outcomes and how parts combine."""
+import doctest
+import math
+
+import pandas as pd
+import pytest
+
+from robustlib import verdicts
+from robustlib.verdicts import FAILS, HOLDS, INCONCLUSIVE, combine, compare, contrast, per_seed
+
+
+def test_interval_by_hand():
+    a, b = {0: 0.70, 1: 0.74, 2: 0.75}, {0: 0.50, 1: 0.52, 2: 0.51}
+    d = [0.20, 0.22, 0.24]
+    sd = pd.Series(d).std(ddof=1)
+    seed_half = 4.302652729911275 * sd / math.sqrt(3)           # t(0.975, 2)
+    test_half = 1.959963984540054 * math.sqrt((0.73 * 0.27 + 0.51 * 0.49) / 500)
+    c = compare(a, b, images=500, label="x")
+    assert c.diff == pytest.approx(0.22) and c.seeds == 3
+    assert c.hi - c.diff == pytest.approx(math.hypot(seed_half, test_half))
+    assert c.verdict == HOLDS and str(c).startswith("x +22.0 [")
+    # without a count of test images, only seed noise
+    assert compare(a, b, images=None).hi - 0.22 == pytest.approx(seed_half)
+
+
+def test_pairs_only_the_seeds_both_have():
+    c = compare({0: 0.8, 1: 0.8, 2: 0.8, 7: 0.1}, {0: 0.5, 1: 0.5, 2: 0.5}, images=None)
+    assert c.seeds == 3 and c.diff == pytest.approx(0.3) and c.verdict == HOLDS
+
+
+def test_three_outcomes_and_the_margin():
+    up, down = {0: 0.6, 1: 0.61, 2: 0.62}, {0: 0.5, 1: 0.5, 2: 0.5}
+    assert compare(up, down, images=None).verdict == HOLDS
+    assert compare(down, up, images=None).verdict == FAILS
+    assert compare({0: 0.4, 1: 0.6, 2: 0.5}, down, images=None).verdict == INCONCLUSIVE    # noise spans 0
+    # non-inferiority: half a point lower is allowed, two points lower is not
+    assert compare({0: 0.99, 1: 0.99}, {0: 0.992, 1: 0.992}, images=None, margin=-0.005).verdict == HOLDS
+    assert compare({0: 0.97, 1: 0.97}, {0: 0.99, 1: 0.99}, images=None, margin=-0.005).verdict == FAILS
+
+
+def test_one_seed_is_never_a_verdict():
+    c = compare({0: 0.9}, {0: 0.1}, images=10_000)
+    assert c.verdict == INCONCLUSIVE and c.seeds == 1 and "no interval: 1 seed" in str(c)
+    assert compare({0: 0.9}, {1: 0.1}, images=None).seeds == 0
+
+
+def test_contrast_weights():
+    r0, r3, r1 = {0: 0.5, 1: 0.5}, {0: 0.68, 1: 0.68}, {0: 0.7, 1: 0.7}
+    c = contrast([(1, r3), (-0.25, r0), (-0.75, r1)], images=None)
+    assert c.diff == pytest.approx(0.68 - 0.125 - 0.525) and c.verdict == HOLDS
+
+
+def test_combine():
+    h, f, i = (verdicts.Comparison("", 0, 0, 0, 3, 0, v) for v in (HOLDS, FAILS, INCONCLUSIVE))
+    assert combine([h, h]) == HOLDS and combine([h, i]) == INCONCLUSIVE and combine([h, i, f]) == FAILS
+    assert combine([]) == INCONCLUSIVE
+
+
+def test_per_seed_reads_a_table():
+    df = pd.DataFrame({"method": ["A", "B", "A"], "acc": [0.1, 0.2, 0.3], "seed": [0, 0, 1]})
+    assert per_seed(df, "method", "A", "acc").to_dict() == {0: 0.1, 1: 0.3}
+    assert per_seed(df.drop(columns="seed"), "method", "B", "acc").to_dict() == {0: 0.2}
+
+
+def test_docstring_example():
+    assert doctest.testmod(verdicts).failed == 0
