@@ -39,6 +39,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     return (predict(model, x, batch_size=batch_size) == y.cpu()).float().mean().item()
 
 
+def robust_fraction(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of images classified correctly both clean (``x``) and attacked (``x_adv``): robust accuracy
+    counted as every protocol of :data:`PROTOCOLS` counts it."""
+    y = y.cpu()
+    return ((predict(model, x) == y) & (predict(model, x_adv) == y)).float().mean().item() if len(y) else float("nan")
+
+
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes) -> pd.DataFrame:
     """Counts, rows = true class, columns = predicted class."""
     k = len(classes)
@@ -237,7 +244,9 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
     Section V-C makes DRA and PGD "similar attack strengths" this way before comparing them as training
     adversaries (Table V: DRA eps = 1 against PGD eps = 2.55/255 on a vanilla ResNet-50, both 44.5%).
-    Bisection on the PGD radius in [0, ``hi``]; robust accuracy falls as the radius grows.
+    Bisection on the PGD radius in [0, ``hi``]; robust accuracy falls as the radius grows. Both sides count
+    an image as robust only if it is also correct clean. A calibration chooses a training setting (Table V's
+    PGD budget), so ``x, y`` should be held-out images, never the test split (:func:`robustlib.methods.calibrate`).
 
     Returns
     -------
@@ -245,7 +254,7 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     search bracket (lo, hi) the bisection ended with.
     """
     xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps)
-    target = accuracy(model, xd, y)
+    target = robust_fraction(model, x, xd, y)     # counted like the PGD side: correct clean and attacked
 
     def pgd_acc(e):
         return robust_accuracy(model, x, y, eps=e, protocol="paper", steps=pgd_steps, batch_size=batch_size)[0]["robust_acc"]

@@ -28,7 +28,7 @@ from torch import nn
 from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
 from .config import RunConfig
 from .data import ImageData, load_splits, split_validation
-from .evaluate import accuracy, evaluate_table, run_attack
+from .evaluate import accuracy, calibrate_pgd_to_dra, evaluate_table, robust_fraction, run_attack
 from .io import RobustlibError
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import build_model, model_spec
@@ -133,11 +133,11 @@ def _objective(m: Method, p, run: dict, beta) -> dict:
 
 def heldout_metrics(model: nn.Module, x, y, *, eps: float, steps: int) -> dict:
     """What picks a run's best epoch: clean and PGD accuracy on the held-out split (PGD-``steps``, step
-    2.5*eps/steps, from the clean point)."""
+    2.5*eps/steps, from the clean point; an image counts as robust only if it is also correct clean)."""
     if len(y) == 0:
         return {}
     xa = run_attack("pgd", model, x, y, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR)
-    return {"val_acc": accuracy(model, x, y), "val_robust_acc": accuracy(model, xa, y)}
+    return {"val_acc": accuracy(model, x, y), "val_robust_acc": robust_fraction(model, x, xa, y)}
 
 
 def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,
@@ -257,3 +257,24 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
+
+
+def heldout(cfg: RunConfig, train: ImageData) -> ImageData:
+    """The profile's held-out images: ``val_size`` of the training split (seeded), never trained on. Every
+    choice of a training setting (best checkpoint, calibration, budget selection) is made on them."""
+    images = split_validation(train, cfg.profile.val_size, cfg.profile.seed)[1]
+    if len(images) == 0:
+        raise RobustlibError(f"profile {cfg.profile.name!r} holds out no images (val_size=0): a calibration or a "
+                             "selection needs them; set val_size in the overrides")
+    return images
+
+
+def calibrate(cfg: RunConfig, model: nn.Module, train, *, dra_eps: float | None = None) -> dict:
+    """Section V-C's equal-strength pair for this profile, on the held-out split (not the test split): the PGD
+    radius (paper protocol) that leaves ``model`` as robust as DRA at ``dra_eps`` (default ``calib_dra_eps``)
+    with the profile's p and T. The result of :func:`~robustlib.evaluate.calibrate_pgd_to_dra`, plus
+    ``images``: which images it was measured on."""
+    p, val = cfg.profile, heldout(cfg, train)
+    calib = calibrate_pgd_to_dra(model, val.float_x(), val.y, dra_eps=p.calib_dra_eps if dra_eps is None else dra_eps,
+                                 p=p.dra_p, steps=p.dra_steps)
+    return {**calib, "images": f"held-out split: {len(val)} images of the training split (val_size, seed {p.seed})"}

@@ -331,7 +331,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
                               clean_weight=clean_weight, evaluate=evaluate, autocast=autocast, device=device,
                               name=name, seed=seed, epoch=epoch))
-        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "test_acc")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "val_acc")})
         if run_dir:
             _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric)
     if run_dir:
@@ -434,17 +434,18 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
     name, plan = vanilla_name(cfg, seed), _pretrain_plan(rec)
     meta = run_meta(cfg, "vanilla", rec.read)
 
-    def train():   # phase 1 on the training split less the held-out images
-        tr, test = data or load_splits(p, cfg.data_root)
-        tr, _ = split_validation(tr, p.val_size, p.seed)
+    def train():   # phase 1 on the training split less the held-out images; the test split is not read
+        tr, _ = data or load_splits(p, cfg.data_root)
+        tr, val = split_validation(tr, p.val_size, p.seed)
         torch.manual_seed(seed)
         model = build_model(**plan["spec"]).to(cfg.device)
-        x_test, y_test = test.float_x(), test.y
+        x_val, y_val = val.float_x(), val.y
         history = fit(model, make_train_loader(cfg, tr, seed=seed, plan=plan["loader"]), epochs=plan["epochs"],
                       lr=plan["lr"],
                       momentum=plan["momentum"], weight_decay=plan["weight_decay"],
                       lr_schedule=plan["lr_schedule"], milestones=plan["milestones"],
-                      evaluate=lambda m: {"test_acc": accuracy(m, x_test, y_test)}, device=cfg.device,
+                      evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)} if len(y_val) else {},
+                      device=cfg.device,
                       run_dir=cfg.run_dir, name=name, meta=meta, seed=seed, progress=progress)
         return model.eval(), history
 
