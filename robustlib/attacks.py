@@ -26,13 +26,13 @@ from torch import nn
 
 from .io import load_torch, save_torch
 from .models import eval_mode
-from .profiles import AUTOATTACK_ATTACKS, parse_eps
+from .profiles import AUTOATTACK_ATTACKS, DRA_BUDGETS, parse_eps
 
 # Madry et al.'s PGD step, 2.5 * eps / steps: used by the random-start protocol and every PGD training adversary
 PGD_STEP_FACTOR = 2.5
 
 RANK_BY = ("last_grad", "final_grad", "perturbation")
-BUDGETS = ("per_image", "per_value")
+BUDGETS = DRA_BUDGETS   # how DRA's eps reads: per_image (L1 = eps), per_value (L1 = eps*N), per_value/255 (eps*N/255)
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
@@ -146,6 +146,29 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     return adv.detach()
 
 
+def l1_budget(eps: float, n: int, budget: str = "per_image") -> float:
+    """The per-image L1 budget that DRA's ``eps`` means under a reading of Algorithm 1, for images of ``n``
+    values: ``eps`` (per_image), ``eps * n`` (per_value) or ``eps * n / 255`` (per_value/255)."""
+    scale = {"per_image": 1.0, "per_value": float(n), "per_value/255": n / 255}
+    if budget not in scale:
+        raise ValueError(f"budget must be one of {', '.join(scale)}, got {budget!r}")
+    return eps * scale[budget]
+
+
+def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``N_eff = ||g||_1^2 / ||g||_2^2`` per image, ``g`` the input gradient of the cross-entropy at ``x``.
+
+    It is between 1 (all of the gradient on one value) and N (every value equal); NaN where the gradient is
+    exactly zero (a saturated softmax), which medians should skip (``nanmedian``). To first order an L1 step
+    of size e along ``g / ||g||_1`` raises the loss by ``e ||g||_2^2 / ||g||_1`` and an L-inf step of size r
+    along ``sign(g)`` by ``r ||g||_1``, so DRA (p = 1) and PGD are equally strong when ``e / r = N_eff``.
+    """
+    with eval_mode(model):
+        g = input_gradient(model, x.detach(), y).flatten(1).double()
+    l2 = g.pow(2).sum(1)
+    return (g.abs().sum(1).pow(2) / l2).where(l2 > 0, torch.nan).float()   # NaN: no gradient (a saturated image)
+
+
 def _check_dra(steps, p, rank_by: str, budget: str) -> None:
     _check_steps(steps)
     if not (isinstance(p, (int, float)) and 0 <= p <= 1):
@@ -171,13 +194,15 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     ----------
     eps : L1 budget per image in [0, 1] pixel units (``budget="per_image"``: each step moves an image by
         exactly alpha in L1 before clipping; the module docstring says why this reading), or the average per value
-        (``budget="per_value"``, an alternative reading: the L1 budget is ``eps * N``).
+        (``budget="per_value"``, an alternative reading: the L1 budget is ``eps * N``), or the average per value
+        in 0-255 units (``budget="per_value/255"``: ``eps * N / 255``, the reading of CIFAR code that writes
+        eps in pixel levels). :func:`l1_budget` converts.
     p : fraction in [0, 1] of the N = C*H*W values that keep their perturbation. ``p = 0`` returns ``x``.
     steps : T, the number of gradient steps (T forward+backward passes; one more with ``"final_grad"``).
     rank_by : what ranks the values in step 3: ``"last_grad"`` (literal: the last computed gradient,
         ``g_{T-1}``), ``"final_grad"`` (the gradient at the final iterate ``x_T``, one more pass), or
         ``"perturbation"`` (the accumulated ``|x_T - x|``).
-    budget : ``"per_image"`` (literal) or ``"per_value"``, see ``eps``.
+    budget : ``"per_image"`` (literal), ``"per_value"`` or ``"per_value/255"``, see ``eps``.
     loss_fn : the loss to ascend, as in :func:`pgd` (default: cross-entropy with ``y``).
     x_init : start the iterations here instead of at ``x`` (TRADES' KL has a zero gradient at ``x``, so its
         reference code starts at ``x + 0.001 N(0, 1)``); the mask still restores unkept values to ``x``.
@@ -202,7 +227,7 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     k = round(p * n)
     if k == 0 or eps == 0:
         return x.clone()
-    alpha = (eps * n if budget == "per_value" else eps) / steps          # Algorithm 1, line 1
+    alpha = l1_budget(eps, n, budget) / steps                            # Algorithm 1, line 1
     with eval_mode(model):
         adv = x.clone() if x_init is None else x_init.detach().clamp(0, 1)
         for _ in range(steps):                                             # line 3
@@ -259,13 +284,24 @@ def _describe_pgd(e, steps, step_size=None, step_factor=None, **_) -> str:
 
 
 def _dra_budget(p, scheduled: bool):
-    return p.ft_eps_max, (p.ft_eps_min if scheduled else None), {"steps": p.dra_steps, "p": p.dra_p}
+    if p.dra_budget not in BUDGETS:
+        raise ValueError(f"dra_budget={p.dra_budget!r} must be resolved to one of {', '.join(BUDGETS)} before a "
+                         "DRA adversary is built (robustlib.methods.resolve_dra_budget)")
+    settings = {"steps": p.dra_steps, "p": p.dra_p}
+    if p.dra_budget != "per_image":            # the default reading is not named: older runs' settings stay valid
+        settings["budget"] = p.dra_budget
+    return p.ft_eps_max, (p.ft_eps_min if scheduled else None), settings
+
+
+def _describe_dra(e, steps, p, budget="per_image", **_) -> str:
+    unit = "L1" if budget == "per_image" else f"{budget}, L1 = eps*N" + ("/255" if budget.endswith("255") else "")
+    return f"DRA (eps={e} {unit}, p={p:.3g}, T={steps})"
 
 
 ATTACKS: dict[str, Attack] = {
     "fgsm": Attack(fgsm, lambda e, **_: f"FGSM (eps={e})", _linf_budget),
     "pgd": Attack(pgd, _describe_pgd, _pgd_budget, {"step_factor": PGD_STEP_FACTOR}),
-    "dra": Attack(dra, lambda e, steps, p, **_: f"DRA (eps={e} L1, p={p:.3g}, T={steps})", _dra_budget),
+    "dra": Attack(dra, _describe_dra, _dra_budget),
 }
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, PGD_STEP_FACTOR, autoattack, dra
+from .attacks import ATTACKS, PGD_STEP_FACTOR, autoattack, dra, effective_dimension, l1_budget
 from .models import eval_mode
 from .profiles import parse_eps
 
@@ -238,8 +238,8 @@ def robustness_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_
 
 
 def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dra_eps: float, p: float,
-                         steps: int, pgd_steps: int = PAPER_STEPS, hi: float = 0.5, iters: int = 12,
-                         batch_size: int = 256) -> dict:
+                         steps: int, budget: str = "per_image", pgd_steps: int = PAPER_STEPS, hi: float = 0.5,
+                         iters: int = 12, batch_size: int = 256) -> dict:
     """Find the PGD eps (paper protocol) that leaves the same robust accuracy as DRA at ``dra_eps``.
 
     Section V-C makes DRA and PGD "similar attack strengths" this way before comparing them as training
@@ -253,7 +253,7 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     dict: dra_eps, dra_p, dra_steps, dra_robust_acc, pgd_eps, pgd_robust_acc, pgd_attack, n, and the
     search bracket (lo, hi) the bisection ended with.
     """
-    xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps)
+    xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps, budget=budget)
     target = robust_fraction(model, x, xd, y)     # counted like the PGD side: correct clean and attacked
 
     def pgd_acc(e):
@@ -262,7 +262,7 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     lo, best = 0.0, None
     acc_hi = pgd_acc(hi)
     if acc_hi > target:   # even the largest radius is weaker than DRA: report the bracket honestly
-        return dict(dra_eps=dra_eps, dra_p=p, dra_steps=steps, dra_robust_acc=target, pgd_eps=hi,
+        return dict(dra_eps=dra_eps, dra_p=p, dra_steps=steps, dra_budget=budget, dra_robust_acc=target, pgd_eps=hi,
                     pgd_robust_acc=acc_hi, pgd_attack=f"PGD-{pgd_steps}, step eps/{pgd_steps}", n=len(y),
                     lo=hi, hi=hi, converged=False)
     best = (hi, acc_hi)
@@ -275,9 +275,50 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             lo = mid
         else:
             hi = mid
-    return dict(dra_eps=dra_eps, dra_p=p, dra_steps=steps, dra_robust_acc=target, pgd_eps=best[0],
+    return dict(dra_eps=dra_eps, dra_p=p, dra_steps=steps, dra_budget=budget, dra_robust_acc=target, pgd_eps=best[0],
                 pgd_robust_acc=best[1], pgd_attack=f"PGD-{pgd_steps}, step eps/{pgd_steps}, no random start",
                 n=len(y), lo=lo, hi=hi, converged=True)
+
+
+def n_eff(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    """:func:`~robustlib.attacks.effective_dimension` of every image, batch by batch (on CPU)."""
+    device = _device_of(model)
+    return torch.cat([effective_dimension(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)])
+
+
+def dra_readings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, p: float, steps: int, dra_eps: float,
+                 pgd_eps, batch_size: int = 256) -> dict:
+    """Which reading of Algorithm 1's eps makes DRA at ``dra_eps`` as strong as PGD at ``pgd_eps`` on ``model``.
+
+    The paper gives one equal-strength point (Section V-C: DRA eps = 1 and PGD eps = 2.55/255 both leave
+    44.5% of a vanilla ResNet-50 robust). For the two readings of that point, a per-image L1 budget in [0, 1]
+    units (``per_image``: L1 = 1) and eps per value in pixel levels (``per_value/255``: L1 = N/255), this
+    measures DRA's robust accuracy at ``dra_eps`` beside PGD's (paper protocol) at ``pgd_eps`` and *chooses*
+    the reading whose gap is smallest. It also *predicts* one from the input gradients alone: to first order the two attacks are equally
+    strong when DRA's L1 budget over PGD's radius equals ``N_eff = ||g||_1^2 / ||g||_2^2`` (median over images),
+    so the predicted reading is the one whose ratio is closest to ``N_eff`` (in log scale).
+
+    Returns a dict: ``chosen``, ``predicted``, ``pgd_eps``, ``pgd_robust_acc``, ``n_eff`` (median), ``values``
+    (N per image), ``n`` (images) and ``readings``: one dict per reading with its ``l1_budget``, ``ratio``
+    (L1 budget / PGD radius), ``dra_robust_acc`` and ``gap``.
+    """
+    eps_value, label = parse_eps(pgd_eps)
+    pgd_acc = robust_accuracy(model, x, y, eps=pgd_eps, protocol="paper", batch_size=batch_size)[0]["robust_acc"]
+    values = x[0].numel()
+    neff = float(n_eff(model, x, y, batch_size=batch_size).nanmedian())
+    readings = []
+    for budget in ("per_image", "per_value/255"):        # the two readings of a CIFAR eps written in pixel levels
+        xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps, budget=budget)
+        acc = robust_fraction(model, x, xd, y)
+        l1 = l1_budget(dra_eps, values, budget)
+        readings.append({"reading": budget, "l1_budget": l1, "ratio": l1 / eps_value, "dra_robust_acc": acc,
+                         "gap": abs(acc - pgd_acc)})
+    chosen = min(readings, key=lambda r: r["gap"])["reading"]
+    predicted = min(readings, key=lambda r: abs(np.log(r["ratio"] / neff)))["reading"]
+    return {"chosen": chosen, "predicted": predicted, "dra_eps": dra_eps, "dra_p": p, "dra_steps": steps,
+            "pgd_eps": label, "pgd_robust_acc": pgd_acc, "n_eff": neff, "values": values, "n": len(y),
+            "readings": readings}
 
 
 # --- the methods table -------------------------------------------------------------------------------------

@@ -207,12 +207,16 @@ def finetune(model: nn.Module, x, y, *, attack, clean_weight: float = 1.0):
 
 @dataclass
 class Constrained:
-    """The Lagrangian of eq. (8-9), which the paper argues for but does not train: CE(x') + λ · CE(x).
+    """The Lagrangian of eq. (8-9), which the paper argues for but does not train: CE(x') + λ · CE(x),
+    stepped on as ``(CE(x') + λ CE(x)) / (1 + λ)``.
 
-    After each epoch λ ← max(0, λ + η (E[CE(x; θ)] − E[CE(x; θ_std)])), both the mean clean cross-entropy
-    in eval mode on the same fixed sample of training images (``data``); ``std_loss`` is the right-hand
-    side, measured once on θ_std (:meth:`for_theta_std`). λ is logged and checkpointed. Its two losses
-    share one update, so it needs the concatenated replay.
+    The division keeps the step's size that of the recipe's 1:1 mean (the two are the same update at λ = 1),
+    so that comparing the two compares the constraint, not the learning rate; the minimiser over θ for a given
+    λ is unchanged. After each epoch λ ← max(0, λ + η (E[CE(x; θ)] − E[CE(x; θ_std)])), both the mean clean
+    cross-entropy in eval mode on the same fixed images (``data``: the held-out split, where θ_std's loss is
+    not its training loss); ``std_loss`` is the right-hand side, measured once on θ_std
+    (:meth:`for_theta_std`). λ is logged and checkpointed. Its two losses share one update, so it needs the
+    concatenated replay.
     """
 
     data: tuple
@@ -227,7 +231,7 @@ class Constrained:
 
     def __call__(self, model: nn.Module, x, y, *, attack):
         loss, adv, logits = _both(model, x, y, attack)
-        return adv + self.lam * loss, logits, {"clean_loss": loss.detach(), "adv_loss": adv.detach()}
+        return (adv + self.lam * loss) / (1 + self.lam), logits, {"clean_loss": loss.detach(), "adv_loss": adv.detach()}
 
     def end_epoch(self, model: nn.Module) -> dict:
         gap = mean_clean_loss(model, self.data) - self.std_loss    # > 0: the constraint of eq. (7) is violated

@@ -17,6 +17,7 @@ Adding a method is one :class:`Method` entry in ``METHODS``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -28,11 +29,12 @@ from torch import nn
 from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
 from .config import RunConfig
 from .data import ImageData, load_splits, split_validation
-from .evaluate import accuracy, calibrate_pgd_to_dra, evaluate_table, robust_fraction, run_attack
-from .io import RobustlibError
+from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict, robust_fraction, run_attack
+from .io import RobustlibError, read_json, write_json
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import build_model, model_spec
-from .profiles import Recorder, parse_eps
+from .paper import CALIBRATION
+from .profiles import DRA_BUDGETS, Recorder, parse_eps
 from .train import (fit, load_best, load_run, loader_plan, make_train_loader, pretrain, read_data_settings, run_meta,
                     vanilla_name)
 
@@ -78,8 +80,10 @@ def _concat_only(p) -> None:
 
 
 def _ours_constrained(p, run) -> dict:
-    """Eq. (8-9): λ by dual ascent on the clean loss of a fixed sample of 1,000 training images."""
-    sub = run["train"].subset(min(1000, len(run["train"])), seed=run["seed"])
+    """Eq. (8-9): λ by dual ascent on the clean loss of (up to 2,000 of) the held-out images, which neither
+    θ_std nor the fine-tune trains on; without held-out images, on 1,000 training images."""
+    sub = run["val"] if len(run["val"]) else run["train"]
+    sub = sub.subset(min(2000 if len(run["val"]) else 1000, len(sub)), seed=run["seed"])
     return {"objective": Constrained.for_theta_std(run["theta_std"], (sub.float_x(), sub.y), lam_lr=p.lam_lr)}
 
 
@@ -150,14 +154,19 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     """
     if method not in METHODS:
         raise RobustlibError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    m, p = METHODS[method], Recorder(cfg.profile)
+    m = METHODS[method]
     attack = adversary or m.adversary
     if attack:
         _check_attack(attack)               # before theta_std is trained or loaded
     if m.check:
-        m.check(p)
+        m.check(Recorder(cfg.profile))
     seed = cfg.profile.seed if seed is None else seed
     train, test = data or load_splits(cfg.profile, cfg.data_root)
+    if attack == "dra":
+        cfg = resolve_dra_budget(cfg, (train, test), progress=progress)
+    p = Recorder(cfg.profile)
+    if m.check:
+        m.check(p)
     theta_std, _ = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
     read_data_settings(p)
     train, val = split_validation(train, p.val_size, p.seed)
@@ -166,9 +175,11 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     if not scratch and p.ft_train_limit:
         train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
     adv = make_adversary(p, m, attack, epochs) if attack else None
+    if attack == "dra":
+        check_dra_effect(cfg, theta_std, val, adv)
     # the default comes from the profile, but the run is named by its value: the name is what is checked
     beta = (m.beta(cfg.profile) if beta is None else beta) if m.beta else None
-    run = {"theta_std": theta_std, "train": train, "seed": seed}
+    run = {"theta_std": theta_std, "train": train, "val": val, "seed": seed}
     fit_kwargs = dict(_objective(m, p, run, beta), adversary=adv, epochs=epochs,
                       lr=p.lr if scratch else p.ft_lr, momentum=p.momentum, weight_decay=p.weight_decay,
                       lr_schedule=p.lr_schedule if scratch else p.ft_lr_schedule, milestones=p.milestones)
@@ -177,6 +188,10 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
     loader = loader_plan(p)                 # _train makes the loader, only when it trains
+    if fit_kwargs.get("replay") == "alternating":
+        # two updates per batch (clean, then adversarial): twice the batch makes as many updates, on as many
+        # samples, as the concatenated replay's one update on clean + adversarial copies
+        loader["batch_size"] *= 2
     spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
     meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std),
@@ -275,6 +290,74 @@ def calibrate(cfg: RunConfig, model: nn.Module, train, *, dra_eps: float | None 
     with the profile's p and T. The result of :func:`~robustlib.evaluate.calibrate_pgd_to_dra`, plus
     ``images``: which images it was measured on."""
     p, val = cfg.profile, heldout(cfg, train)
+    if p.dra_budget not in DRA_BUDGETS:
+        raise RobustlibError(f"dra_budget={p.dra_budget!r} is not resolved: call resolve_dra_budget(cfg, data) first")
     calib = calibrate_pgd_to_dra(model, val.float_x(), val.y, dra_eps=p.calib_dra_eps if dra_eps is None else dra_eps,
-                                 p=p.dra_p, steps=p.dra_steps)
+                                 p=p.dra_p, steps=p.dra_steps, budget=p.dra_budget)
     return {**calib, "images": f"held-out split: {len(val)} images of the training split (val_size, seed {p.seed})"}
+
+
+def budget_decision(cfg: RunConfig, data=None, *, progress: bool = False) -> dict:
+    """Section V-C's calibration point on this profile's theta_std (of its seed), on the held-out split:
+    :func:`~robustlib.evaluate.dra_readings` plus ``reading``, the profile's DRA reading it implies.
+
+    The point is a CIFAR-10 statement (eps in pixel levels). If it says "per value", the profile's DRA eps is
+    read per value in the units the paper writes that dataset's radii in, which the profile's ``main_eps``
+    shows: ``8/255`` -> ``per_value/255`` (CIFAR-10), ``0.3`` -> ``per_value`` ([0, 1] units, MNIST). Kept in
+    ``dra_budget.json`` (one entry per theta_std) and measured again only if theta_std or the settings change.
+    """
+    p = cfg.profile
+    train, test = data or load_splits(p, cfg.data_root)
+    theta_std, _ = pretrain(cfg, data=(train, test), progress=progress)
+    path, name = cfg.path("dra_budget.json"), vanilla_name(cfg)
+    key = {"theta_std": fingerprint(theta_std), "dra_p": p.dra_p, "dra_steps": p.dra_steps, "main_eps": p.main_eps,
+           **CALIBRATION}
+    decisions = read_json(path, default={}) or {}
+    entry = decisions.get(name)
+    if not entry or any(entry.get(k) != v for k, v in key.items()):
+        val = heldout(cfg, train)
+        found = dra_readings(theta_std, val.float_x(), val.y, p=p.dra_p, steps=p.dra_steps,
+                             dra_eps=CALIBRATION["dra_eps"], pgd_eps=CALIBRATION["pgd_eps"])
+        per_value = "per_value/255" if "/255" in str(p.main_eps) else "per_value"
+        entry = {**found, **key, "paper_robust_acc": CALIBRATION["robust_acc"],
+                 "reading": per_value if found["chosen"] == "per_value/255" else "per_image",
+                 "images": f"held-out split: {len(val)} images of the training split"}
+        write_json(path, {**decisions, name: entry})
+    return entry
+
+
+def resolve_dra_budget(cfg: RunConfig, data=None, *, progress: bool = False) -> RunConfig:
+    """``cfg`` with ``dra_budget`` read one way: the profile's own reading, or for ``"paper"`` the reading
+    :func:`budget_decision` finds, so that every run of the directory uses the same reading."""
+    if cfg.profile.dra_budget != "paper":
+        return cfg
+    reading = budget_decision(cfg, data, progress=progress)["reading"]
+    return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_budget=reading))
+
+
+_EFFECT: dict = {}    # (theta_std, adversary) -> share of predictions DRA changes: measured once per session
+
+
+def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adversary, *, images: int = 512) -> float:
+    """Refuse a DRA fine-tune whose attack at its largest budget changes fewer than ``dra_min_effect`` of
+    theta_std's correct held-out predictions: it would train against a no-op. Returns the share changed."""
+    floor = cfg.profile.dra_min_effect
+    attack = adversary.at(0)
+    if not floor or attack is None or len(val) == 0:
+        return float("nan")
+    key = (fingerprint(theta_std), adversary.describe(), repr(sorted(adversary.settings.items())))
+    if key not in _EFFECT:
+        x, y = val.float_x()[:images], val.y[:images]
+        right = predict(theta_std, x) == y
+        x, y = x[right], y[right]
+        xa = run_attack(attack, theta_std, x, y)
+        _EFFECT[key] = (predict(theta_std, xa) != y).float().mean().item() if len(y) else float("nan")
+    share = _EFFECT[key]
+    if share < floor:
+        p = cfg.profile
+        raise RobustlibError(
+            f"{adversary.describe()} changes {100 * share:.1f}% of theta_std's correct held-out predictions "
+            f"(dra_min_effect={floor:g}): the fine-tune would train against a no-op; read DRA's eps another way "
+            f"(dra_budget={p.dra_budget!r}; 'paper' decides it by Section V-C's calibration point) or raise "
+            f"ft_eps_max={p.ft_eps_max:g}")
+    return share

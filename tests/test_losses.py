@@ -89,7 +89,11 @@ def test_constrained_multiplier_follows_the_constraint(batch):
     relaxed.end_epoch(model)                              # far below theta_std's: lambda falls, never below 0
     assert relaxed.lam == 0.0
     loss, _, _ = obj(model, x, y, attack=fixed(xa))
-    assert torch.allclose(loss, F.cross_entropy(model(xa), y) + obj.lam * F.cross_entropy(model(x), y))
+    expected = (F.cross_entropy(model(xa), y) + obj.lam * F.cross_entropy(model(x), y)) / (1 + obj.lam)
+    assert torch.allclose(loss, expected)                 # normalised: the recipe's 1:1 mean at lambda = 1
+    at_one = Constrained.for_theta_std(model, (x, y), lam=1.0)
+    recipe, _, _ = finetune(model, x, y, attack=fixed(xa))
+    assert torch.allclose(at_one(model, x, y, attack=fixed(xa))[0], recipe)
     assert obj.state_dict() == {"lam": obj.lam}
 
 

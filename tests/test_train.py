@@ -139,7 +139,7 @@ def test_a_runs_settings_are_exactly_the_profile_fields_it_read(tmp_path):
     assert shared <= settings["control"] and not settings["control"] & {"dra_p", "ft_eps_max", "baseline_init"}
     assert settings["madry"] - settings["control"] == {"baseline_init"}     # PGD's budget is main_eps, at_steps
     assert {"ft_eps_max", "ft_eps_min", "ft_decay", "ft_clean_tail", "ft_replay", "ft_replay_ratio", "dra_p",
-            "dra_steps"} == settings["ours"] - settings["control"]
+            "dra_steps", "dra_budget"} == settings["ours"] - settings["control"]
     assert "ft_eps_max" not in settings["madry"] and "lr" not in settings["ours"]   # lr is theta_std's, not Ours'
 
 
