@@ -340,11 +340,12 @@ _EFFECT: dict = {}    # (theta_std, adversary) -> share of predictions DRA chang
 
 def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adversary, *, images: int = 512) -> float:
     """Refuse a DRA fine-tune whose attack at its largest budget changes fewer than ``dra_min_effect`` of
-    theta_std's correct held-out predictions: it would train against a no-op. Returns the share changed."""
+    theta_std's correct held-out predictions: it would train against a no-op (a budget read in the wrong
+    unit). Returns the share changed; NaN where it is not checked (smoke, no held-out images, ``p = 0``)."""
     floor = cfg.profile.dra_min_effect
     attack = adversary.at(0)
-    if not floor or attack is None or len(val) == 0:
-        return float("nan")
+    if not floor or attack is None or len(val) == 0 or adversary.settings.get("p") == 0:
+        return float("nan")     # p = 0 perturbs nothing on purpose: Table VI's ablation row, not a budget slip
     key = (fingerprint(theta_std), adversary.describe(), repr(sorted(adversary.settings.items())))
     if key not in _EFFECT:
         x, y = val.float_x()[:images], val.y[:images]

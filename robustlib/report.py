@@ -530,6 +530,9 @@ def _outputs(tables: Tables, figures: list[str], prefix: str, used: set[str]) ->
         label = f"[`tables/{name}`](tables/{name})"
         if name.endswith("_vs_paper.csv"):
             md += [f"> **Measured beside the paper**: {label}", ""]
+        elif name.endswith("_per_seed.csv"):   # the verdicts' input, one row per seed: linked, not shown
+            md += [f"{label}: {len(df)} rows, one per run and seed (what the claims ledger's intervals are from)", ""]
+            continue
         else:
             md += [label, ""]
         md += [markdown_table(df), ""]

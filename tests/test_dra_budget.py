@@ -73,6 +73,9 @@ def test_a_no_op_fine_tune_is_refused_before_it_trains(tmp_path):
     run = methods.build_run(fine, "ours", progress=False)           # a budget that does something
     assert run["adversary"].describe().startswith("DRA (eps=50")
     assert robustlib.setup("quick", smoke=True).profile.dra_min_effect == 0     # no evidence from a smoke model
+    p0 = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False,
+                         overrides={**small, "ft_eps_max": 1e-4, "ft_eps_min": 1e-4, "dra_p": 0.0})
+    assert methods.build_run(p0, "ours", progress=False)["adversary"]   # p = 0 (Table VI's row) is meant to do nothing
 
 
 def test_paper_reading_is_decided_once_and_recorded(tmp_path):

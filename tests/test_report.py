@@ -231,6 +231,7 @@ def test_build_report(run_dir):
     # per notebook: wall time, title from the executed notebook, tables in percent, paper tables, figures
     assert "9.5 s on cpu" in md and "finished 2026-01-02 03:04:05 UTC" in md
     assert "| Vanilla | 99.5% |" in md
+    assert "[`tables/03_methods_per_seed.csv`](tables/03_methods_per_seed.csv): 18 rows, one per run and seed" in md
     assert "> **Measured beside the paper**: [`tables/03_methods_vs_paper.csv`]" in md
     assert "![03_tradeoff](figures/03_tradeoff.png)" in md
     # settings, with the drift between the profile now and what the notebook printed
