@@ -155,8 +155,10 @@ def l1_budget(eps: float, n: int, budget: str = "per_image") -> float:
     return eps * scale[budget]
 
 
-def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float = 1.0) -> torch.Tensor:
     """``N_eff = ||g||_1^2 / ||g||_2^2`` per image, ``g`` the input gradient of the cross-entropy at ``x``.
+    With ``p < 1``, ``||g||_1^2 / ||g_k||_2^2`` for ``g_k`` the ``k = round(p N)`` largest ``|g|``: DRA's top-p
+    mask keeps only those, so its step raises the loss by ``e ||g_k||_2^2 / ||g||_1``.
 
     It is between 1 (all of the gradient on one value) and N (every value equal); NaN where the gradient is
     exactly zero (a saturated softmax), which medians should skip (``nanmedian``). To first order an L1 step
@@ -165,7 +167,8 @@ def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     """
     with eval_mode(model):
         g = input_gradient(model, x.detach(), y).flatten(1).double()
-    l2 = g.pow(2).sum(1)
+    k = max(1, round(p * g.shape[1])) if len(g) else 0
+    l2 = g.abs().topk(k, dim=1).values.pow(2).sum(1) if k < g.shape[1] else g.pow(2).sum(1)
     return (g.abs().sum(1).pow(2) / l2).where(l2 > 0, torch.nan).float()   # NaN: no gradient (a saturated image)
 
 
@@ -288,7 +291,7 @@ def _dra_budget(p, scheduled: bool):
         raise ValueError(f"dra_budget={p.dra_budget!r} must be resolved to one of {', '.join(BUDGETS)} before a "
                          "DRA adversary is built (robustlib.methods.resolve_dra_budget)")
     settings = {"steps": p.dra_steps, "p": p.dra_p}
-    if p.dra_budget != "per_image":            # the default reading is not named: older runs' settings stay valid
+    if p.dra_budget != "per_image":            # the default reading is left out of the attack's arguments
         settings["budget"] = p.dra_budget
     return p.ft_eps_max, (p.ft_eps_min if scheduled else None), settings
 

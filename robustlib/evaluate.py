@@ -280,11 +280,11 @@ def calibrate_pgd_to_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                 n=len(y), lo=lo, hi=hi, converged=True)
 
 
-def n_eff(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+def n_eff(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, p: float = 1.0, batch_size: int = 256) -> torch.Tensor:
     """:func:`~robustlib.attacks.effective_dimension` of every image, batch by batch (on CPU)."""
     device = _device_of(model)
-    return torch.cat([effective_dimension(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(x), batch_size)])
+    return torch.cat([effective_dimension(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                          p).cpu() for i in range(0, len(x), batch_size)])
 
 
 def dra_readings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, p: float, steps: int, dra_eps: float,
@@ -293,32 +293,39 @@ def dra_readings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, p: float
 
     The paper gives one equal-strength point (Section V-C: DRA eps = 1 and PGD eps = 2.55/255 both leave
     44.5% of a vanilla ResNet-50 robust). For the two readings of that point, a per-image L1 budget in [0, 1]
-    units (``per_image``: L1 = 1) and eps per value in pixel levels (``per_value/255``: L1 = N/255), this
-    measures DRA's robust accuracy at ``dra_eps`` beside PGD's (paper protocol) at ``pgd_eps`` and *chooses*
-    the reading whose gap is smallest. It also *predicts* one from the input gradients alone: to first order the two attacks are equally
-    strong when DRA's L1 budget over PGD's radius equals ``N_eff = ||g||_1^2 / ||g||_2^2`` (median over images),
-    so the predicted reading is the one whose ratio is closest to ``N_eff`` (in log scale).
+    units (``per_image``: L1 = 1) and eps per value in pixel levels (``per_value/255``: L1 = N/255):
 
-    Returns a dict: ``chosen``, ``predicted``, ``pgd_eps``, ``pgd_robust_acc``, ``n_eff`` (median), ``values``
-    (N per image), ``n`` (images) and ``readings``: one dict per reading with its ``l1_budget``, ``ratio``
-    (L1 budget / PGD radius), ``dra_robust_acc`` and ``gap``.
+    - the **measurement**: DRA's robust accuracy at ``dra_eps`` beside PGD's (paper protocol) at ``pgd_eps``;
+      the reading with the smaller gap, if the two gaps differ by more than their noise (1.96 times the
+      binomial standard error of the two DRA accuracies, as if independent), is ``measured``, else None;
+    - the **prediction** from the input gradients alone: to first order the attacks are equally strong when
+      DRA's L1 budget over PGD's radius equals ``N_eff = ||g||_1^2 / ||g_k||_2^2`` (median over images; ``g_k``
+      the top-p values DRA keeps), so ``predicted`` is the reading whose ratio is closest to it (log scale).
+
+    ``chosen`` is the measurement where it is clear, else the prediction (``decided_by`` says which).
+    Returns also ``pgd_robust_acc``, ``n_eff``, ``values`` (N), ``n`` (images) and ``readings``: per reading its
+    ``l1_budget``, ``ratio`` (L1 budget / PGD radius), ``dra_robust_acc``, ``se`` and ``gap``.
     """
     eps_value, label = parse_eps(pgd_eps)
     pgd_acc = robust_accuracy(model, x, y, eps=pgd_eps, protocol="paper", batch_size=batch_size)[0]["robust_acc"]
     values = x[0].numel()
-    neff = float(n_eff(model, x, y, batch_size=batch_size).nanmedian())
+    neff = float(n_eff(model, x, y, p=p, batch_size=batch_size).nanmedian())
     readings = []
     for budget in ("per_image", "per_value/255"):        # the two readings of a CIFAR eps written in pixel levels
         xd = run_attack(dra, model, x, y, batch_size=batch_size, eps=dra_eps, p=p, steps=steps, budget=budget)
         acc = robust_fraction(model, x, xd, y)
         l1 = l1_budget(dra_eps, values, budget)
         readings.append({"reading": budget, "l1_budget": l1, "ratio": l1 / eps_value, "dra_robust_acc": acc,
-                         "gap": abs(acc - pgd_acc)})
-    chosen = min(readings, key=lambda r: r["gap"])["reading"]
-    predicted = min(readings, key=lambda r: abs(np.log(r["ratio"] / neff)))["reading"]
-    return {"chosen": chosen, "predicted": predicted, "dra_eps": dra_eps, "dra_p": p, "dra_steps": steps,
-            "pgd_eps": label, "pgd_robust_acc": pgd_acc, "n_eff": neff, "values": values, "n": len(y),
-            "readings": readings}
+                         "se": float(np.sqrt(acc * (1 - acc) / max(1, len(y)))), "gap": abs(acc - pgd_acc)})
+    a, b = sorted(readings, key=lambda r: r["gap"])
+    clear = b["gap"] - a["gap"] > 1.96 * float(np.hypot(a["se"], b["se"]))
+    predicted = min(readings, key=lambda r: abs(np.log(r["ratio"] / neff)))["reading"] if np.isfinite(neff) else None
+    chosen = a["reading"] if clear or predicted is None else predicted
+    return {"chosen": chosen, "measured": a["reading"] if clear else None, "predicted": predicted,
+            "decided_by": "measurement" if clear else "N_eff prediction (the measured gaps are within their noise)"
+            if predicted else "measurement (within its noise; no gradient to predict from)",
+            "dra_eps": dra_eps, "dra_p": p, "dra_steps": steps, "pgd_eps": label, "pgd_robust_acc": pgd_acc,
+            "n_eff": neff, "values": values, "n": len(y), "readings": readings}
 
 
 # --- the methods table -------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import build_model, model_spec
 from .paper import CALIBRATION
 from .profiles import DRA_BUDGETS, Recorder, parse_eps
-from .train import (fit, load_best, load_run, loader_plan, make_train_loader, pretrain, read_data_settings, run_meta,
-                    vanilla_name)
+from .train import (RECIPE, fit, load_best, load_run, loader_plan, make_train_loader, pretrain, read_data_settings,
+                    run_meta, vanilla_name)
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
         loader["batch_size"] *= 2
     spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
-    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std),
+    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std), recipe=RECIPE,
                     **({"beta": beta} if beta is not None else {}))
     return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "loader": loader, "adversary": adv,
             "spec": spec,
@@ -294,44 +294,51 @@ def calibrate(cfg: RunConfig, model: nn.Module, train, *, dra_eps: float | None 
         raise RobustlibError(f"dra_budget={p.dra_budget!r} is not resolved: call resolve_dra_budget(cfg, data) first")
     calib = calibrate_pgd_to_dra(model, val.float_x(), val.y, dra_eps=p.calib_dra_eps if dra_eps is None else dra_eps,
                                  p=p.dra_p, steps=p.dra_steps, budget=p.dra_budget)
-    return {**calib, "images": f"held-out split: {len(val)} images of the training split (val_size, seed {p.seed})"}
+    return {**calib, "theta_std": fingerprint(model),
+            "images": f"held-out split: {len(val)} images of the training split (val_size, seed {p.seed})"}
 
 
 def budget_decision(cfg: RunConfig, data=None, *, progress: bool = False) -> dict:
     """Section V-C's calibration point on this profile's theta_std (of its seed), on the held-out split:
-    :func:`~robustlib.evaluate.dra_readings` plus ``reading``, the profile's DRA reading it implies.
+    :func:`~robustlib.evaluate.dra_readings` at the point's own DRA settings (p = 1/3, T = 5), plus
+    ``reading``: the profile's DRA reading it implies.
 
-    The point is a CIFAR-10 statement (eps in pixel levels). If it says "per value", the profile's DRA eps is
-    read per value in the units the paper writes that dataset's radii in, which the profile's ``main_eps``
-    shows: ``8/255`` -> ``per_value/255`` (CIFAR-10), ``0.3`` -> ``per_value`` ([0, 1] units, MNIST). Kept in
-    ``dra_budget.json`` (one entry per theta_std) and measured again only if theta_std or the settings change.
+    The point is a CIFAR-10 statement, eps in pixel levels: it decides *per image or per value*. A per-value
+    eps is then read in the unit the paper writes this dataset's radii in, the profile's ``paper_unit``
+    (``1/255`` -> ``per_value/255`` on CIFAR-10; ``1`` -> ``per_value`` on MNIST, where the paper writes
+    eps = 0.1, 0.3): that unit is an assumption, guarded by ``dra_min_effect``, not a measurement. The
+    decision is kept in ``dra_budget.json``, one per run directory, and measured again only when this
+    theta_std or the point's settings change.
     """
     p = cfg.profile
     train, test = data or load_splits(p, cfg.data_root)
     theta_std, _ = pretrain(cfg, data=(train, test), progress=progress)
-    path, name = cfg.path("dra_budget.json"), vanilla_name(cfg)
-    key = {"theta_std": fingerprint(theta_std), "dra_p": p.dra_p, "dra_steps": p.dra_steps, "main_eps": p.main_eps,
+    key = {"theta_std": fingerprint(theta_std), "theta_std_name": vanilla_name(cfg), "paper_unit": p.paper_unit,
            **CALIBRATION}
-    decisions = read_json(path, default={}) or {}
-    entry = decisions.get(name)
+    path = cfg.path("dra_budget.json")
+    entry = read_json(path, default=None)
     if not entry or any(entry.get(k) != v for k, v in key.items()):
         val = heldout(cfg, train)
-        found = dra_readings(theta_std, val.float_x(), val.y, p=p.dra_p, steps=p.dra_steps,
+        found = dra_readings(theta_std, val.float_x(), val.y, p=CALIBRATION["dra_p"], steps=CALIBRATION["dra_steps"],
                              dra_eps=CALIBRATION["dra_eps"], pgd_eps=CALIBRATION["pgd_eps"])
-        per_value = "per_value/255" if "/255" in str(p.main_eps) else "per_value"
+        per_value = "per_value/255" if p.paper_unit == "1/255" else "per_value"
         entry = {**found, **key, "paper_robust_acc": CALIBRATION["robust_acc"],
                  "reading": per_value if found["chosen"] == "per_value/255" else "per_image",
                  "images": f"held-out split: {len(val)} images of the training split"}
-        write_json(path, {**decisions, name: entry})
+        write_json(path, entry)
     return entry
 
 
 def resolve_dra_budget(cfg: RunConfig, data=None, *, progress: bool = False) -> RunConfig:
-    """``cfg`` with ``dra_budget`` read one way: the profile's own reading, or for ``"paper"`` the reading
-    :func:`budget_decision` finds, so that every run of the directory uses the same reading."""
+    """``cfg`` with ``dra_budget`` read one way: the profile's own reading, or for ``"paper"`` the reading of
+    the run directory's :func:`budget_decision`. Made once per directory, on the profile's theta_std: a
+    variant with a theta_std of its own (a backbone of Table IV) or other settings (Table V's calibrated
+    budgets, Table VI's p) inherits it, so that every row of a table reads eps the same way."""
     if cfg.profile.dra_budget != "paper":
         return cfg
-    reading = budget_decision(cfg, data, progress=progress)["reading"]
+    recorded = read_json(cfg.path("dra_budget.json"), default=None)
+    inherit = recorded and recorded.get("theta_std_name") != vanilla_name(cfg) and "reading" in recorded
+    reading = recorded["reading"] if inherit else budget_decision(cfg, data, progress=progress)["reading"]
     return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_budget=reading))
 
 
@@ -344,8 +351,11 @@ def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adver
     unit). Returns the share changed; NaN where it is not checked (smoke, no held-out images, ``p = 0``)."""
     floor = cfg.profile.dra_min_effect
     attack = adversary.at(0)
-    if not floor or attack is None or len(val) == 0 or adversary.settings.get("p") == 0:
+    if not floor or len(val) == 0 or adversary.settings.get("p") == 0:
         return float("nan")     # p = 0 perturbs nothing on purpose: Table VI's ablation row, not a budget slip
+    if attack is None:
+        raise RobustlibError(f"{adversary.describe()} has a budget of 0 at the first epoch: the fine-tune would train "
+                             f"against no attack (that is the control method); raise ft_eps_max")
     key = (fingerprint(theta_std), adversary.describe(), repr(sorted(adversary.settings.items())))
     if key not in _EFFECT:
         x, y = val.float_x()[:images], val.y[:images]

@@ -232,8 +232,10 @@ def claim_p_saturates(tables: Tables, profile: Profile):
 
 @claim("Larger backbones gain more robustness from the fine-tune (Table IV)", "04_backbones.csv")
 def claim_bigger_gains_more(tables: Tables, profile: Profile):
-    """Gain = Ours - Vanilla at pgd@main_eps per backbone, in file order (smallest first), paired by seed: each
-    backbone's gain minus the next smaller one's must be > 0. Needs at least two backbones with both rows."""
+    """Gain = Ours - Vanilla at pgd@main_eps per backbone (paired by seed: the two share a theta_std), in file
+    order (smallest first): each backbone's gain minus the next smaller one's must be > 0. The backbones do not
+    share a theta_std, so seed s of one is matched to seed s of the other only by its number. Needs at least
+    two backbones with both rows."""
     name, rob = "04_backbones.csv", _robust(profile)
     df = _need(tables, name)
     if "backbone" not in df.columns or "method" not in df.columns:

@@ -34,7 +34,11 @@ from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-IDENTITY = ("model", "dataset", "kind", "theta_std", "beta")   # what a checkpoint must be made for
+IDENTITY = ("model", "dataset", "kind", "theta_std", "beta", "recipe")   # what a checkpoint must be made for
+# the fine-tune recipe's version, where it changed without a profile field to record it (2: the constrained
+# step normalised by 1 + lambda on the held-out split, best epoch by robust_fraction, the alternating replay
+# at twice the batch): a checkpoint of an older recipe is refused, not silently reused
+RECIPE = 2
 OPTIONAL = ("beta",)                      # compared where recorded (older checkpoints carry it in their name only)
 RETRAIN = "pass retrain=True (or --retrain) to train it again, or use another run_dir"
 
@@ -141,12 +145,18 @@ def batch_updates(objective: Callable, attack: Callable | None, model: nn.Module
     A generator: each update's loss is computed only after the previous one was applied, so the
     alternating replay's adversarial update sees the weights its clean update made.
 
-    - ``clean_tail`` (the adversary's schedule gives ε = 0 this epoch): clean samples only (Section V.A).
+    - ``clean_tail`` (the adversary's schedule gives ε = 0 this epoch): clean samples only (Section V.A);
+      with ``replay="alternating"``, two clean updates on the two halves of the batch, so that the tail makes
+      as many updates as the epochs before it.
     - ``replay="alternating"``: a clean update, then the objective's update, weighted like the concatenated
       batch (``clean_weight`` : 1, mean weight 1).
     - otherwise: the objective's update (the paper's concatenated replay is the ``finetune`` objective).
     """
-    if clean_tail:
+    if clean_tail and replay == "alternating" and len(y) > 1:
+        half = len(y) // 2
+        yield clean(model, x[:half], y[:half])
+        yield clean(model, x[half:], y[half:])
+    elif clean_tail:
         yield clean(model, x, y)
     elif replay == "alternating":
         w_clean, w_adv = replay_weights(clean_weight)

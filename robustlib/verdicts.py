@@ -13,7 +13,10 @@ images, so:
   difference, the binomial error of each accuracy on ``m`` images, as if they were independent (they are
   measured on the same images, which makes the true error of a difference smaller: the interval is
   conservative);
-- the 95% interval is ``d -/+ sqrt(seed_term^2 + test_term^2)``.
+- the interval is ``d -/+ sqrt(seed_term^2 + test_term^2)``: each term at 95%, added in quadrature, so an
+  approximate and conservative 95% interval, not an exact one. Each comparison is at its own level; a
+  notebook that prints many of them makes no correction for their number, so one "holds" among a dozen
+  inconclusive ones is weak evidence.
 
 The verdict on "d > margin": **holds** if the whole interval lies above the margin, **does not hold** if
 it lies below, **inconclusive** if it contains the margin or if fewer than two seeds were run. A claim made
@@ -39,10 +42,11 @@ from scipy import stats
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested on this profile"
 LEVEL = 0.95
 NOT_LOWER = -0.005   # "keeps accuracy": not more than half a point lower (the margin of a non-inferiority claim)
-RULE = ("paired by training seed: d = mean over seeds of A - B; 95% interval d -/+ sqrt((t(n-1) sd/sqrt(n))^2 "
-        "+ (1.96 se_test)^2), se_test the binomial error of the accuracies on the test images; holds if the "
-        "interval lies above the claim's margin, does not hold if below, inconclusive if it contains it or "
-        "fewer than 2 seeds were run")
+RULE = ("paired by training seed: d = mean over seeds of A - B; an approximate 95% interval d -/+ "
+        "sqrt((t(n-1) sd/sqrt(n))^2 + (1.96 se_test)^2), se_test the binomial error of the accuracies on the test "
+        "images as if independent (conservative: they share the images); holds if the interval lies above the "
+        "claim's margin, does not hold if below, inconclusive if it contains it or fewer than 2 seeds were run; "
+        "each comparison at its own level, with no correction for the number of comparisons")
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,16 @@ class Comparison:
     seeds: int
     margin: float
     verdict: str
+    test_noise: bool = True     # False: no image count was given, the interval holds seed noise only
 
     def __str__(self) -> str:
         def pts(v):
             return f"{100 * v:+.1f}"
         side = f"> {100 * self.margin:g}" if self.margin else "> 0"
         interval = f"[{pts(self.lo)}, {pts(self.hi)}]" if self.seeds > 1 else "[no interval: 1 seed]"
+        noise = "" if self.test_noise else "; seed noise only: the table gives no image count"
         return (f"{self.label + ' ' if self.label else ''}{pts(self.diff)} {interval} points "
-                f"({self.seeds} seed{'s' * (self.seeds != 1)}; {side})")
+                f"({self.seeds} seed{'s' * (self.seeds != 1)}; {side}{noise})")
 
 
 def _series(values) -> pd.Series:
@@ -85,19 +91,19 @@ def contrast(terms: Iterable[tuple[float, object]], *, images: int | None, margi
     terms = [(float(w), _series(x)) for w, x in terms]
     seeds = sorted(set.intersection(*(set(x.dropna().index) for _, x in terms)))
     if not seeds:
-        return Comparison(label, math.nan, math.nan, math.nan, 0, margin, INCONCLUSIVE)
+        return Comparison(label, math.nan, math.nan, math.nan, 0, margin, INCONCLUSIVE, bool(images))
     per_seed = sum(w * x.loc[seeds] for w, x in terms)
     n, d = len(seeds), float(per_seed.mean())
     test_var = sum(w * w * float(x.loc[seeds].mean()) * (1 - float(x.loc[seeds].mean())) for w, x in terms) / images \
         if images else 0.0
     if n < 2:
-        return Comparison(label, d, math.nan, math.nan, n, margin, INCONCLUSIVE)
+        return Comparison(label, d, math.nan, math.nan, n, margin, INCONCLUSIVE, bool(images))
     seed_half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * float(per_seed.std(ddof=1)) / math.sqrt(n)
     test_half = stats.norm.ppf((1 + LEVEL) / 2) * math.sqrt(max(test_var, 0.0))
     half = math.hypot(seed_half, test_half)
     lo, hi = d - half, d + half
     verdict = HOLDS if lo > margin else FAILS if hi < margin else INCONCLUSIVE
-    return Comparison(label, d, lo, hi, n, margin, verdict)
+    return Comparison(label, d, lo, hi, n, margin, verdict, bool(images))
 
 
 def compare(a, b, *, images: int | None, margin: float = 0.0, label: str = "") -> Comparison:

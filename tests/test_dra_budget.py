@@ -82,10 +82,25 @@ def test_paper_reading_is_decided_once_and_recorded(tmp_path):
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
                           overrides={"dra_budget": "paper", "epochs": 1})
     resolved = methods.resolve_dra_budget(cfg)
-    entry = read_json(tmp_path / "dra_budget.json")["vanilla"]
-    assert resolved.profile.dra_budget == entry["reading"] in ("per_image", "per_value")   # main_eps 0.1: [0, 1] units
+    entry = read_json(tmp_path / "dra_budget.json")
+    assert resolved.profile.dra_budget == entry["reading"] in ("per_image", "per_value")   # paper_unit "1"
     assert entry["chosen"] in ("per_image", "per_value/255") and entry["images"].startswith("held-out split")
+    assert (entry["dra_p"], entry["dra_steps"]) == (1 / 3, 5)        # the paper's point, not the profile's p, T
     run = methods.build_run(cfg, "ours", progress=False)
     assert run["meta"]["settings"]["dra_budget"] == entry["reading"]       # the run is checked against it
     with pytest.raises(RobustlibError, match="is not resolved"):
         methods.calibrate(cfg, run["theta_std"], run["train"])
+    # a variant with a theta_std of its own (a Table IV backbone) inherits the directory's reading
+    other = cfg.variant("lr", lr=0.02)
+    assert methods.resolve_dra_budget(other).profile.dra_budget == entry["reading"]
+    assert read_json(tmp_path / "dra_budget.json") == entry                 # not decided again
+
+
+@pytest.mark.parametrize("chosen, unit, reading", [("per_value/255", "1", "per_value"),
+                                                   ("per_value/255", "1/255", "per_value/255"),
+                                                   ("per_image", "1/255", "per_image")])
+def test_the_paper_unit_maps_the_decision(tmp_path, monkeypatch, chosen, unit, reading):
+    monkeypatch.setattr(methods, "dra_readings", lambda *a, **k: {"chosen": chosen, "readings": []})
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                          overrides={"dra_budget": "paper", "paper_unit": unit, "epochs": 1})
+    assert methods.resolve_dra_budget(cfg).profile.dra_budget == reading

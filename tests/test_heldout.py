@@ -18,8 +18,10 @@ class Untouchable:
 
 
 def test_training_selection_and_calibration_never_read_the_test_split(tmp_path, one_thread):
-    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
-                          overrides={"epochs": 1, "ft_epochs": 2, "train_limit": 300})
+    # dra_budget "paper" and a no-op floor: the budget decision and the no-op check run too
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False,
+                          overrides={"epochs": 1, "ft_epochs": 2, "train_limit": 300, "val_size": 64,
+                                     "dra_budget": "paper", "dra_min_effect": 0.01, "ft_eps_max": 50.0})
     train, _ = load_splits(cfg.profile, cfg.data_root)
     data = (train, Untouchable())
     vanilla = methods.train_method(cfg, "vanilla", data=data, progress=False)
@@ -27,7 +29,9 @@ def test_training_selection_and_calibration_never_read_the_test_split(tmp_path, 
     for method in ("ours", "madry", "ours-constrained"):
         run = methods.train_method(cfg, method, data=data, progress=False)      # best epoch: held-out PGD
         assert {"val_acc", "val_robust_acc"} <= set(run["history"].columns)
-    calib = methods.calibrate(cfg, vanilla["model"], train)
+    decision = methods.budget_decision(cfg, data)
+    assert decision["images"].startswith("held-out split: 64 images") and decision["n"] == 64
+    calib = methods.calibrate(methods.resolve_dra_budget(cfg, data), vanilla["model"], train)
     assert calib["images"].startswith(f"held-out split: {cfg.profile.val_size} images")
     assert calib["n"] == cfg.profile.val_size
 

@@ -171,3 +171,20 @@ def test_a_checkpoint_whose_run_did_not_read_a_setting_is_refused_even_if_its_pr
     torch.save(state, path)
     with pytest.raises(RobustlibError, match="vanilla.pt was trained by a run that did not read augment"):
         pretrain(cfg, progress=False)                      # ... its weights may not follow the profile's value
+
+
+def test_the_alternating_replay_matches_the_concatenated_one_in_updates_and_samples(tmp_path):
+    from torch import nn
+    from robustlib.losses import madry
+    from robustlib.methods import build_run
+    from robustlib.train import batch_updates
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    tail = list(batch_updates(madry, None, model, x, y, replay="alternating", clean_tail=True))
+    assert [len(logits) for _, logits, _ in tail] == [4, 4]          # two clean updates, on the two halves
+    assert len(list(batch_updates(madry, None, model, x, y, clean_tail=True))) == 1
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    alt = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True, overrides={"ft_replay": "alternating"})
+    assert build_run(alt, "ours", progress=False)["loader"]["batch_size"] == 2 * cfg.profile.batch_size
+    assert build_run(cfg, "ours", progress=False)["loader"]["batch_size"] == cfg.profile.batch_size
+    assert build_run(cfg, "ours", progress=False)["meta"]["recipe"] == 2
