@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
-from .config import RunConfig
+from .config import RunConfig, apply_overrides, get_profile
 from .data import ImageData, load_splits, split_validation
 from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict, robust_fraction, run_attack
 from .io import RobustlibError, read_json, write_json
@@ -329,16 +329,27 @@ def budget_decision(cfg: RunConfig, data=None, *, progress: bool = False) -> dic
     return entry
 
 
+def _unvaried(cfg: RunConfig) -> RunConfig:
+    """The profile's own configuration behind a variant (its overrides, none of its variants' changes)."""
+    if not cfg.changes:
+        return cfg
+    try:
+        prof = apply_overrides(get_profile(cfg.profile.name), cfg.overrides)
+    except (KeyError, ValueError, RobustlibError):
+        raise RobustlibError(f"variant {cfg.tag!r} of a profile that cannot be rebuilt by name: resolve the reading on "
+                             "the unvaried configuration first (methods.resolve_dra_budget(cfg)), then make variants "
+                             "of the result") from None
+    return dataclasses.replace(cfg, profile=prof.shrink_for_smoke() if cfg.smoke else prof, changes=())
+
+
 def resolve_dra_budget(cfg: RunConfig, data=None, *, progress: bool = False) -> RunConfig:
     """``cfg`` with ``dra_budget`` read one way: the profile's own reading, or for ``"paper"`` the reading of
-    the run directory's :func:`budget_decision`. Made once per directory, on the profile's theta_std: a
-    variant with a theta_std of its own (a backbone of Table IV) or other settings (Table V's calibrated
-    budgets, Table VI's p) inherits it, so that every row of a table reads eps the same way."""
+    :func:`budget_decision` on the *unvaried* configuration's theta_std, whichever variant asks: one decision
+    per run directory, so that every row of a table (Table IV's backbones, Table V's calibrated budgets,
+    Table VI's p) reads eps the same way."""
     if cfg.profile.dra_budget != "paper":
         return cfg
-    recorded = read_json(cfg.path("dra_budget.json"), default=None)
-    inherit = recorded and recorded.get("theta_std_name") != vanilla_name(cfg) and "reading" in recorded
-    reading = recorded["reading"] if inherit else budget_decision(cfg, data, progress=progress)["reading"]
+    reading = budget_decision(_unvaried(cfg), data, progress=progress)["reading"]
     return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_budget=reading))
 
 

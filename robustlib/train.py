@@ -84,6 +84,10 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
                              f"delete it or pass retrain=True")
+    if "recipe" in (expect or {}) and state.get("recipe") != expect["recipe"]:
+        raise RobustlibError(f"{path} was trained by fine-tune recipe {state.get('recipe') or 'before 2'}; this code is "
+                             f"recipe {expect['recipe']} (robustlib.train.RECIPE): delete the file, or train it again "
+                             f"(retrain=True in the notebook that trains it: 03 for the profile's own runs)")
     for key in IDENTITY:
         if key in (expect or {}) and (key in state or key not in OPTIONAL) and state.get(key) != expect[key]:
             raise RobustlibError(f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs "
@@ -152,10 +156,11 @@ def batch_updates(objective: Callable, attack: Callable | None, model: nn.Module
       batch (``clean_weight`` : 1, mean weight 1).
     - otherwise: the objective's update (the paper's concatenated replay is the ``finetune`` objective).
     """
-    if clean_tail and replay == "alternating" and len(y) > 1:
+    if clean_tail and replay == "alternating" and len(y) >= 4:     # (a 1-image half would break BatchNorm)
         half = len(y) // 2
-        yield clean(model, x[:half], y[:half])
-        yield clean(model, x[half:], y[half:])
+        for xs, ys in ((x[:half], y[:half]), (x[half:], y[half:])):
+            loss, logits, parts = clean(model, xs, ys)
+            yield loss, logits, {**parts, "targets": ys}           # the labels this update's logits are for
     elif clean_tail:
         yield clean(model, x, y)
     elif replay == "alternating":
@@ -225,8 +230,10 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, nam
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            b = len(y)
-            logged = {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == y).float().mean(),
+            parts = dict(parts)
+            targets = parts.pop("targets", y)      # an update on part of the batch names its labels
+            b = len(targets)
+            logged = {"train_loss": loss.detach(), "train_acc": (logits.argmax(1) == targets).float().mean(),
                       **{k: torch.as_tensor(v).detach().float() for k, v in parts.items()}}
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0) + v * b

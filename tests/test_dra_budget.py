@@ -104,3 +104,12 @@ def test_the_paper_unit_maps_the_decision(tmp_path, monkeypatch, chosen, unit, r
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
                           overrides={"dra_budget": "paper", "paper_unit": unit, "epochs": 1})
     assert methods.resolve_dra_budget(cfg).profile.dra_budget == reading
+
+
+def test_a_variant_asking_first_gets_the_profiles_own_decision(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                          overrides={"dra_budget": "paper", "epochs": 1})
+    first = methods.resolve_dra_budget(cfg.variant("lr", lr=0.02))          # another theta_std, asking first
+    entry = read_json(tmp_path / "dra_budget.json")
+    assert entry["theta_std_name"] == "vanilla" and first.profile.dra_budget == entry["reading"]
+    assert first.tag == "lr" and first.profile.lr == 0.02                    # the variant stays the variant

@@ -188,3 +188,19 @@ def test_the_alternating_replay_matches_the_concatenated_one_in_updates_and_samp
     assert build_run(alt, "ours", progress=False)["loader"]["batch_size"] == 2 * cfg.profile.batch_size
     assert build_run(cfg, "ours", progress=False)["loader"]["batch_size"] == cfg.profile.batch_size
     assert build_run(cfg, "ours", progress=False)["meta"]["recipe"] == 2
+    # end to end through a clean-tail epoch, with an odd batch (the halves are 3 and 4 images)
+    from robustlib.losses import Adversary, EpsSchedule
+    torch.manual_seed(0)
+    xs, ys = torch.rand(7, 1, 4, 4), torch.randint(0, 3, (7,))
+    adv = Adversary("dra", eps=EpsSchedule(1.0, 0.5, 2, decay=0.5), steps=1, p=0.5)
+    history = fit(model, [(xs, ys)], epochs=2, lr=0.01, objective="madry", adversary=adv, replay="alternating")
+    assert len(history) == 2 and history["train_acc"].between(0, 1).all()
+
+
+def test_a_checkpoint_of_an_older_recipe_is_refused_with_the_way_out(tmp_path):
+    from robustlib.train import CHECKPOINT_FORMAT, RECIPE, check_checkpoint
+    old = {"format": CHECKPOINT_FORMAT, "state_dict": {}, "kind": "ours-s0"}
+    with pytest.raises(RobustlibError, match=r"fine-tune recipe before 2; this code is recipe 2 .*retrain=True"):
+        check_checkpoint(old, "ours-s0.pt", expect={"kind": "ours-s0", "recipe": RECIPE})
+    check_checkpoint({**old, "recipe": RECIPE}, "ours-s0.pt", expect={"kind": "ours-s0", "recipe": RECIPE})
+    check_checkpoint(old, "vanilla.pt", expect={"kind": "ours-s0"})         # theta_std records no recipe
