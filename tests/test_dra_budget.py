@@ -113,3 +113,27 @@ def test_a_variant_asking_first_gets_the_profiles_own_decision(tmp_path):
     entry = read_json(tmp_path / "dra_budget.json")
     assert entry["theta_std_name"] == "vanilla" and first.profile.dra_budget == entry["reading"]
     assert first.tag == "lr" and first.profile.lr == 0.02                    # the variant stays the variant
+
+
+def test_n_eff_with_the_top_p_mask():
+    class Weighted(nn.Module):      # gradient proportional to w: 1 value of weight 3, 3 of weight 1, the rest 0
+        def forward(self, x):
+            w = torch.zeros(x[0].numel())
+            w[0], w[1:4] = 3.0, 1.0
+            s = x.flatten(1) @ w
+            return torch.stack([torch.zeros_like(s), s], 1)
+
+    x, y = torch.full((2, 1, 2, 4), 0.5), torch.ones(2, dtype=torch.long)     # N = 8
+    assert attacks.effective_dimension(Weighted(), x, y) == pytest.approx(torch.full((2,), 36 / 12))   # 6^2 / 12
+    assert attacks.effective_dimension(Weighted(), x, y, p=1 / 8) == pytest.approx(torch.full((2,), 36 / 9))  # top 1
+
+
+def test_a_measurement_within_its_noise_leaves_the_decision_to_the_prediction():
+    # 8 images: the two gaps (0 and 12.5 points) cannot be told apart, so N_eff (= k = 1200, near the
+    # per-value/255 ratio) decides
+    x, y = images(1200, n=8)
+    found = evaluate.dra_readings(Linear(1200), x, y, p=1.0, steps=5, dra_eps=1.0, pgd_eps="2.55/255")
+    assert found["measured"] is None and found["chosen"] == found["predicted"] == "per_value/255"
+    assert found["decided_by"].startswith("N_eff prediction")
+    many = evaluate.dra_readings(Linear(1200), *images(1200), p=1.0, steps=5, dra_eps=1.0, pgd_eps="2.55/255")
+    assert many["measured"] == "per_value/255" and many["decided_by"] == "measurement"
