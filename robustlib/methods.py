@@ -175,8 +175,9 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
     if not scratch and p.ft_train_limit:
         train = train.subset(p.ft_train_limit, seed=p.seed)   # a CPU budget: the paper fine-tunes on all of it
     adv = make_adversary(p, m, attack, epochs) if attack else None
+    theta_fp = fingerprint(theta_std)       # hashed once: the no-op check's cache key and the checkpoint's identity
     if attack == "dra":
-        check_dra_effect(cfg, theta_std, val, adv)
+        check_dra_effect(cfg, theta_std, val, adv, theta_fp=theta_fp)
     # the default comes from the profile, but the run is named by its value: the name is what is checked
     beta = (m.beta(cfg.profile) if beta is None else beta) if m.beta else None
     run = {"theta_std": theta_std, "train": train, "val": val, "seed": seed}
@@ -194,7 +195,7 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
         loader["batch_size"] *= 2
     spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
     name = run_name(method, seed, adversary, beta, cfg.tag)
-    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else fingerprint(theta_std), recipe=RECIPE,
+    meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else theta_fp, recipe=RECIPE,
                     **({"beta": beta} if beta is not None else {}))
     return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "loader": loader, "adversary": adv,
             "spec": spec,
@@ -356,7 +357,8 @@ def resolve_dra_budget(cfg: RunConfig, data=None, *, progress: bool = False) -> 
 _EFFECT: dict = {}    # (theta_std, adversary) -> share of predictions DRA changes: measured once per session
 
 
-def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adversary, *, images: int = 512) -> float:
+def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adversary, *, images: int = 512,
+                     theta_fp: str | None = None) -> float:
     """Refuse a DRA fine-tune whose attack at its largest budget changes fewer than ``dra_min_effect`` of
     theta_std's correct held-out predictions: it would train against a no-op (a budget read in the wrong
     unit). Returns the share changed; NaN where it is not checked (smoke, no held-out images, ``p = 0``)."""
@@ -367,7 +369,7 @@ def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adver
     if attack is None:
         raise RobustlibError(f"{adversary.describe()} has a budget of 0 at the first epoch: the fine-tune would train "
                              f"against no attack (that is the control method); raise ft_eps_max")
-    key = (fingerprint(theta_std), adversary.describe(), repr(sorted(adversary.settings.items())))
+    key = (theta_fp or fingerprint(theta_std), adversary.describe(), repr(sorted(adversary.settings.items())))
     if key not in _EFFECT:
         x, y = val.float_x()[:images], val.y[:images]
         right = predict(theta_std, x) == y

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import robustlib
     from robustlib import io, methods
     from robustlib.__main__ import _overrides
-    from robustlib.data import load_splits, split_validation
+    from robustlib.data import load_splits
     from robustlib.evaluate import accuracy, parse_eps, robust_accuracy
 
     try:
@@ -60,9 +60,7 @@ def main(argv=None) -> int:
                                                f"split would differ between variants; change it in --profile instead")
             configs[tag] = (c, fields)
         data = load_splits(p, cfg.data_root)
-        val = split_validation(data[0], p.val_size, p.seed)[1]
-        if len(val.y) == 0:
-            raise robustlib.RobustlibError(f"profile {p.name!r} holds out no images (val_size=0); set val_size")
+        val = methods.heldout(cfg, data[0])      # refuses a profile that holds out no images
         xv, yv = val.float_x(), val.y
         control_fields = methods.build_run(cfg, "control", data=data, progress=False)["meta"]["settings"]
         rows, measured = [], {}      # run name -> its held-out numbers: a shared control is attacked once
