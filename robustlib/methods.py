@@ -30,6 +30,7 @@ from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
 from .config import RunConfig, apply_overrides, get_profile
 from .data import ImageData, load_splits, split_validation
 from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict, robust_fraction, run_attack
+from . import masking
 from .io import RobustlibError, read_json, write_json
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import build_model, model_spec
@@ -249,7 +250,7 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
 
 
 def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps_list, data=None,
-               retrain: bool = False, progress: bool = False) -> pd.DataFrame:
+               retrain: bool = False, progress: bool = False, probe_eps=None, probe_n: int = 0) -> pd.DataFrame:
     """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`.
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
@@ -257,7 +258,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
     again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded.
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
-    ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras.
+    ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
+    gradient-masking probes at ``probe_eps`` on ``probe_n`` images (:func:`robustlib.masking.add_probes`).
     """
     out, retrained = [], set()
     for seed in seeds:
@@ -271,6 +273,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
                                retrain=again)
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
+            if probe_n and seed == seeds[0]:
+                table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n)
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
 

@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from . import masking
 from .io import read_json, write_text
 from .config import RunConfig, repo_root
 from .profiles import Profile
@@ -429,7 +430,7 @@ def build_report(cfg: RunConfig) -> Path:
     timings = read_json(run_dir / "timings.json", default={}) or {}
     tables = load_tables(run_dir)
     head: list[str] = []   # warnings found while reading, shown under the title
-    md = _ledger(cfg, timings, tables)
+    md = _ledger(cfg, timings, tables) + _masking(tables)
     sections, ran = _notebook_sections(run_dir, timings, tables)
     md += sections + _settings(cfg, ran, head) + _software_and_times(timings)
     at = md.index("## Claims ledger")
@@ -466,6 +467,19 @@ def _ledger(cfg: RunConfig, timings: dict, tables: Tables) -> list[str]:
                                               for v in verdicts],
                                              columns=["claim", "verdict", "rule", "numbers", "source"]),
                                 percent=False), ""]
+
+
+def _masking(tables: Tables) -> list[str]:
+    """Gradient-masking checks (:func:`robustlib.masking.summary`) on every robustness table of the run."""
+    found = masking.summary({n: df for n, df in tables.items()
+                             if not n.endswith("_std.csv") and n.replace(".csv", "_per_seed.csv") not in tables})
+    if found.empty:
+        return []
+    return ["## Gradient-masking checks", "",
+            f"On every robustness table of the run (`robustlib/masking.py`), per seed where the run wrote per-seed "
+            f"rows: {masking.RULE}. A check a table holds no numbers for is not run on it (and not counted as "
+            "passed); AutoAttack and the probes run on the first seed's models only.", "",
+            markdown_table(found.assign(table=[f"`{t}`" for t in found["table"]]), percent=False), ""]
 
 
 def _notebook_sections(run_dir: Path, timings: dict, tables: Tables) -> tuple[list[str], dict]:

@@ -1,0 +1,175 @@
+"""Signs of gradient masking, read off a robustness table: flags, or "none found".
+
+A defence can look robust because its gradients are useless to the attack (shattered, vanishing or
+random), not because its predictions are stable (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On
+Evaluating Adversarial Robustness", whose checklist these follow). Each check compares numbers measured on
+the same images, so that what it flags is the attack's behaviour and not the images':
+
+``rises``     robust accuracy rises as eps grows (``pgd`` or ``pgd-rs`` over the table's eps, all of ``x``)
+              by more than ``RISE``: a larger ball holds every point of a smaller one.
+``flat``      it does not fall at all: from the smallest to the largest eps it drops by less than ``FLAT``
+              while still above ``LARGE`` (a model at 0% everywhere masks nothing).
+``restarts``  PGD-100 with 5 random restarts (the worst case per image) below PGD-20 (``pgd-rs``, random
+              start) by more than ``STRONGER``, on the AutoAttack images: PGD-20 had not converged.
+``autoattack`` AutoAttack (``strong``: the worst of pgd-rs and AutoAttack) below pgd-rs by more than
+              ``STRONGER``, on the same images: a gradient-free or better-scaled attack finds what PGD missed.
+``large_eps`` PGD-100 from the clean point at eps = ``LARGE_EPS`` leaves more than ``LARGE`` of the images
+              robust. Within L-inf 0.5 of any image in [0, 1] lies the uniform grey image, so a working attack
+              drives accuracy near zero; one that does not is not following useful gradients.
+
+The margins are our choices, stated with every table: a few points separate good attacks on a model
+whose gradients are fine (on quick's digits models the restarts and AutoAttack lose 2-6 points against
+pgd-rs), tens of points separate them on a masked one (the tests' input-quantised model).
+
+:func:`probe` measures the two extra attacks (``pgd-100x5@eps (aa)``, ``pgd-100@0.5 (aa)``) that the
+table lacks; :func:`flags` reads a table's rows (per seed or per model) and returns one row of findings each.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .attacks import PGD_STEP_FACTOR
+from .evaluate import attack_subset, predict, run_attack
+from .profiles import parse_eps
+
+RISE = 0.02        # robust accuracy may not rise by more than this from one eps to the next
+FLAT = 0.01        # ... and must fall by at least this over the table's eps range
+STRONGER = 0.10    # more steps and restarts, or AutoAttack, may not beat PGD-20 by more than this
+LARGE_EPS = 0.5    # an L-inf radius at which a working attack leaves (almost) nothing robust
+LARGE = 0.10       # ... "almost nothing": at most this share of the images
+RESTARTS, LONG_STEPS = 5, 100
+
+CHECKS = ("rises", "flat", "restarts", "autoattack", "large_eps")
+RULE = (f"gradient-masking checks (Carlini et al. 2019): robust accuracy rises with eps by > {100 * RISE:g} points, "
+        f"or falls by < {100 * FLAT:g} point over the eps range while above {100 * LARGE:g}%; PGD-{LONG_STEPS} x "
+        f"{RESTARTS} restarts or AutoAttack below PGD-20 (random start) by > {100 * STRONGER:g} points on the same "
+        f"images; PGD-{LONG_STEPS} at eps {LARGE_EPS:g} leaves > {100 * LARGE:g}% robust")
+
+
+def restarts_column(eps_label: str) -> str:
+    return f"pgd-{LONG_STEPS}x{RESTARTS}@{eps_label} (aa)"
+
+
+def large_column() -> str:
+    return f"pgd-{LONG_STEPS}@{LARGE_EPS:g} (aa)"
+
+
+def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None = None, seed: int = 0,
+          batch_size: int = 256) -> dict:
+    """The two attacks the checks add to a table, on ``n`` images of ``x`` drawn like AutoAttack's
+    (:func:`~robustlib.evaluate.attack_subset` with ``seed``; all of ``x`` if ``n`` is None).
+
+    Returns ``{"pgd-100x5@<eps> (aa)": ..., "pgd-100@0.5 (aa)": ...}``: robust accuracy (correct clean and under
+    every restart) of PGD-100 (step 2.5*eps/100) with 5 seeded random restarts at ``eps``, and of PGD-100 from
+    the clean point at eps 0.5.
+    """
+    eps_value, label = parse_eps(eps)
+    y = y.cpu()
+    if n is not None:
+        idx = attack_subset(len(y), min(n, len(y)), seed)
+        x, y = x[idx], y[idx]
+    ok = predict(model, x) == y
+    long = dict(steps=LONG_STEPS, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
+    restarts = ok.clone()
+    for r in range(RESTARTS):     # every restart on every image: the worst case per image
+        xa = run_attack("pgd", model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
+        restarts &= predict(model, xa) == y
+    xa = run_attack("pgd", model, x, y, eps=LARGE_EPS, random_start=False, **long)
+    return {restarts_column(label): restarts.float().mean().item(),
+            large_column(): (ok & (predict(model, xa) == y)).float().mean().item()}
+
+
+def family(column) -> str | None:
+    """``"pgd"`` for ``pgd@0.1``, ``"pgd-rs"`` for ``pgd-rs@8/255``: the attack of a robust-accuracy column over
+    all the table's images; None for any other column (``natural``, the ``(aa)`` ones, ``strong@``)."""
+    name, at, label = str(column).partition("@")
+    if not at or label.endswith(")") or name not in ("pgd", "pgd-rs"):
+        return None
+    try:
+        parse_eps(label)
+    except ValueError:
+        return None
+    return name
+
+
+def _curve(row: pd.Series, name: str) -> list[tuple[float, str, float]]:
+    """``[(eps value, label, accuracy)]`` of the columns ``<name>@<eps>`` over all images, by eps."""
+    out = [(parse_eps(str(c).partition("@")[2])[0], str(c).partition("@")[2], float(v))
+           for c, v in row.items() if family(c) == name and pd.notna(v)]
+    return sorted(out)
+
+
+def check_row(row: pd.Series) -> dict:
+    """The five checks on one table row: per check the measured number (points) and whether it is flagged."""
+    found: dict = {}
+    for name in ("pgd", "pgd-rs"):
+        curve = _curve(row, name)
+        for (e0, l0, a0), (e1, l1, a1) in zip(curve, curve[1:]):
+            if a1 - a0 > RISE:
+                found.setdefault("rises", f"{name}@{l0} {100 * a0:.1f} -> {name}@{l1} {100 * a1:.1f}")
+        if len(curve) > 1 and curve[0][2] - curve[-1][2] < FLAT and curve[-1][2] > LARGE:
+            found.setdefault("flat", f"{name} {100 * curve[0][2]:.1f} at {curve[0][1]}, "
+                                     f"{100 * curve[-1][2]:.1f} at {curve[-1][1]}")
+    for col, v in row.items():
+        name, at, label = str(col).partition("@")
+        if not (at and name == "pgd-rs" and label.endswith(" (aa)")) or pd.isna(v):
+            continue
+        eps = label[:-len(" (aa)")]
+        for check, other in (("restarts", restarts_column(eps)), ("autoattack", f"strong@{eps}")):
+            if other in row and pd.notna(row[other]) and v - row[other] > STRONGER:
+                found[check] = f"{other} {100 * row[other]:.1f} vs pgd-rs {100 * v:.1f}"
+    big = row.get(large_column())
+    if big is not None and pd.notna(big) and big > LARGE:
+        found["large_eps"] = f"{100 * big:.1f}% robust at eps {LARGE_EPS:g}"
+    return found
+
+
+def flags(table: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
+    """One row per table row: ``keys``, which checks could be run, and ``masking``: "none found" or the flags.
+
+    A check whose columns the table lacks is listed under ``not checked`` rather than passed.
+    """
+    keys = [k for k in keys if k in table.columns]
+    rows = []
+    for _, row in table.iterrows():
+        found = check_row(row)
+        measured = [str(c) for c, v in row.items() if pd.notna(v)]
+        have = {"rises": len(_curve(row, "pgd")) > 1 or len(_curve(row, "pgd-rs")) > 1,
+                "restarts": any(c.startswith(f"pgd-{LONG_STEPS}x") for c in measured),
+                "autoattack": any(c.startswith("strong@") for c in measured),
+                "large_eps": large_column() in measured}
+        have["flat"] = have["rises"]
+        rows.append({**{k: row[k] for k in keys},
+                     "masking": "; ".join(f"{k}: {v}" for k, v in found.items()) or "none found",
+                     "not checked": ", ".join(c for c in CHECKS if not have[c]) or ""})
+    return pd.DataFrame(rows)
+
+
+def add_probes(table: pd.DataFrame, models: dict, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None,
+               seed: int = 0) -> pd.DataFrame:
+    """``table`` (one row per model of ``models``, in order, as :func:`~robustlib.evaluate.evaluate_table`
+    returns it) with the :func:`probe` columns added, measured on the same AutoAttack images."""
+    extra = pd.DataFrame([probe(m, x, y, eps=eps, n=n, seed=seed) for m in models.values()], index=table.index)
+    return pd.concat([table, extra], axis=1)
+
+
+def summary(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per robustness table of ``tables`` (name -> rows): how many rows, which checks could run on at
+    least one of them, and the flags ("none found", or each flagged row's keys and findings). Tables with no
+    ``pgd@``/``pgd-rs@`` column are left out."""
+    out = []
+    for name, df in tables.items():
+        if not any(family(c) for c in df.columns):
+            continue
+        keys = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])] + ["seed"]
+        found = flags(df, keys=keys)
+        ran = [c for c in CHECKS if any(c not in str(v).split(", ") for v in found["not checked"])]
+        flagged = found[found["masking"] != "none found"]
+        what = ("nothing to check (one eps, no probes)" if not ran else "none found" if flagged.empty else "; ".join(
+            f"{' '.join(str(r[k]) for k in keys if k in r)}: {r['masking']}" for _, r in flagged.iterrows()))
+        out.append({"table": name, "rows": len(df), "checks run": ", ".join(ran) or "none", "flags": what})
+    return pd.DataFrame(out, columns=["table", "rows", "checks run", "flags"])
