@@ -2,14 +2,14 @@
 
 The profile's own fields are checked by :class:`~robustlib.profiles.Profile`; this module adds what needs
 the registries (dataset and model names), turns papermill's strings into the fields' types, and resolves
-the device and the run directory, so that a bad input fails here in one line before any work starts.
+the smoke switch, the device and the run directory, so that a bad input fails here in one line before any
+work starts (and before the run directory is created).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +18,11 @@ import torch
 from .data import DATASETS
 from .io import RobustlibError, ensure_dir
 from .models import MODELS
-from .profiles import PROFILES, Profile
+from .profiles import FIELD_TYPES, PROFILES, Profile
 
 SMOKE_ENV = "ROBUSTLIB_SMOKE"
+SMOKE_VALUES = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False, "false": False,
+                "no": False, "off": False}
 RUNS_ENV = "ROBUSTLIB_RUNS"
 DATA_ENV = "ROBUSTLIB_DATA"
 
@@ -36,58 +38,98 @@ def check_profile(profile: Profile) -> Profile:
 
 def get_profile(name: str) -> Profile:
     """The profile called ``name``; a one-line error listing the valid names otherwise."""
-    if name not in PROFILES:
+    if not isinstance(name, str) or name not in PROFILES:
         raise RobustlibError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     return check_profile(PROFILES[name])
 
 
-def _coerce(value, annotation: str):
-    """Papermill's ``-p`` passes strings; turn them into the field's type where that is unambiguous."""
+def _coerce_one(value, types: tuple, optional: bool):
+    """One value as papermill's ``-p`` may pass it, a string: ``"5"`` -> 5, ``"0.1"`` -> 0.1, ``"true"`` -> True,
+    ``"None"`` -> None, where the field's types allow it. A string that reads as none of them is returned
+    as it is, and the profile's check refuses it, naming the field."""
     if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
-    if "int" in annotation and value.lstrip("-").isdigit():
-        return int(value)
-    if "float" in annotation:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if "bool" in annotation and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value == "None" and "None" in annotation:
+        return value
+    text = value.strip()
+    if optional and text in ("None", "none", "null"):
         return None
+    if str in types:                      # a string field (an eps like "8/255" too): kept as written
+        return value
+    if bool in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for t in (int, float):
+        if t in types:
+            try:
+                return t(text)
+            except ValueError:
+                pass
     return value
 
 
+def _coerce(value, name: str):
+    """An override turned into profile field ``name``'s type where that is unambiguous; YAML's lists -> tuples."""
+    types, is_tuple, optional = FIELD_TYPES[name]
+    if is_tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce_one(v, types, False) for v in value)
+    return _coerce_one(value, types, optional)
+
+
+# fields that say which profile runs, not how: an override would file one profile's runs under another's name
+FIXED_FIELDS = {
+    "name": "pick the profile itself with profile=... (--profile)",
+    "description": "pick the profile itself with profile=... (--profile)",
+    "smoke": f"ask for the smoke setting with smoke=True (--smoke) or {SMOKE_ENV}=1",
+}
+
+
 def apply_overrides(profile: Profile, overrides: dict | None) -> Profile:
-    """``dataclasses.replace(profile, **overrides)`` with a clear error for an unknown field."""
+    """``dataclasses.replace(profile, **overrides)`` with a one-line error for an unknown, fixed or bad field."""
     if not overrides:
         return profile
     if not isinstance(overrides, dict):
         raise RobustlibError(f"overrides must be a dict of profile fields, got {type(overrides).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    fields = [f.name for f in dataclasses.fields(Profile)]
     unknown = sorted(str(k) for k in set(overrides) - set(fields))
     if unknown:
         raise RobustlibError(f"unknown profile field(s) {', '.join(unknown)} in overrides; valid: {', '.join(fields)}")
-    hints = typing.get_type_hints(Profile)
-    coerced = {k: _coerce(v, str(hints[k])) for k, v in overrides.items()}
+    fixed = sorted(set(overrides) & set(FIXED_FIELDS))
+    if fixed:
+        raise RobustlibError(f"profile field {fixed[0]!r} cannot be overridden; {FIXED_FIELDS[fixed[0]]}")
+    coerced = {k: _coerce(v, k) for k, v in overrides.items()}
     try:
         return check_profile(dataclasses.replace(profile, **coerced))
     except ValueError as e:
         raise RobustlibError(str(e)) from None
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (N < the number of
+    GPUs), and ``"mps"`` where Apple's GPU is available. Any other device is a one-line error."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError                   # torch.device(3) would be cuda:3
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise RobustlibError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RobustlibError(f"device {device!r} asked for but CUDA is not available here; use device='auto' or 'cpu'")
-    return dev
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RobustlibError(f"device {device!r} asked for but CUDA is not available here; "
+                                 f"use device='auto' or 'cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise RobustlibError(f"device {device!r} asked for but this machine has {n} CUDA device(s); "
+                                 f"use cuda or cuda:N with N < {n}")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RobustlibError(f"device {device!r} asked for but Apple's MPS is not available here; use auto or cpu")
+        return dev
+    if dev.type == "meta":
+        raise RobustlibError(f"device {device!r} cannot run a model's numbers; use auto, cpu or cuda")
+    raise RobustlibError(f"device {device!r} is not supported by robustlib; use auto, cpu, cuda or cuda:N")
 
 
 def repo_root() -> Path:
@@ -102,7 +144,14 @@ def repo_root() -> Path:
 
 
 def smoke_requested() -> bool:
-    return os.environ.get(SMOKE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """The environment switch ``ROBUSTLIB_SMOKE``: 1/true/yes/on or unset/''/0/false/no/off (any case);
+    anything else is a one-line error rather than a guess."""
+    value = os.environ.get(SMOKE_ENV, "")
+    try:
+        return SMOKE_VALUES[value.strip().lower()]
+    except KeyError:
+        raise RobustlibError(f"{SMOKE_ENV}={value!r} is invalid: use 1, true, yes or on for the smoke setting, "
+                             f"0, false, no, off or unset for the full one") from None
 
 
 @dataclass(frozen=True)
@@ -179,10 +228,16 @@ def setup(
     >>> cfg.profile.epochs
     5
     """
+    # every check first: nothing is created (not even the run directory) for a bad input
+    if not isinstance(profile, str):
+        raise RobustlibError(f"profile must be a profile's name such as 'quick', got {profile!r}")
     prof = apply_overrides(get_profile(profile), overrides)
+    if smoke is not None and not isinstance(smoke, bool):
+        raise RobustlibError(f"smoke={smoke!r} is invalid: use True, False or None (the {SMOKE_ENV} switch)")
     smoke = smoke_requested() if smoke is None else smoke
     if smoke:
         prof = prof.shrink_for_smoke()
+    dev = resolve_device(device)
     if run_dir in (None, ""):
         base = Path(os.environ.get(RUNS_ENV) or repo_root() / "runs")
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
@@ -190,4 +245,4 @@ def setup(
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
-    return RunConfig(prof, resolve_device(device), run_dir, Path(data_root).expanduser(), dict(overrides or {}))
+    return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}))

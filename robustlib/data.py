@@ -3,13 +3,16 @@
 ``digits`` (scikit-learn's 1,797 real 8x8 handwritten digits) is bundled and needs no download: it is the
 offline default. ``mnist``, ``fashion-mnist`` and ``cifar10`` are read from a data root in their official
 on-disk formats (the layout ``torchvision.datasets`` downloads to). Nothing is ever downloaded unless you
-pass ``download=True``; a missing dataset raises one line saying where it was looked for and how to get it.
+pass ``download=True``; a missing dataset raises one line saying where it was looked for and how to get it,
+and :func:`check_files` raises that line before a run starts. CIFAR-10's pickled batches are read with an
+unpickler that admits only what a batch holds (a uint8 array), so a hostile file cannot run code.
 
 Images are float tensors in [0, 1]; normalisation lives inside the model (:mod:`robustlib.models`), so
 every epsilon in this project is in [0, 1] pixel units.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
 from dataclasses import dataclass
@@ -40,6 +43,9 @@ class DatasetInfo:
     flip: bool                 # Section V.A "random flipping": only where a mirror image keeps the label
     # load(root, split, download) -> ImageData of this dataset, split "train" or "test"
     load: Callable[[Path, str, bool], "ImageData"] | None = None
+    # files(root, split) -> the files that split is read from, looked for but not read; a one-line
+    # RobustlibError naming what is missing and where otherwise. None: nothing on disk (bundled)
+    files: Callable[[Path, str], list[Path]] | None = None
 
 
 @dataclass
@@ -103,52 +109,120 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dataset(name: str, root: Path, split: str, download: bool) -> ImageData:
+_DATA_ROOT_FIX = "or point --data-root (data_root=) at the folder that holds"
+
+
+def _idx_files(name: str, root: Path, split: str) -> list[Path]:
+    """The images and labels files of one split of MNIST or Fashion-MNIST: the first folder holding both."""
     tv_name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
     prefix = "train" if split == "train" else "t10k"
+    stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     folders = [root / tv_name / "raw"] + ([DEBIAN_FASHION] if name == "fashion-mnist" else [])
-    if download and not any(_find(f, f"{prefix}-images-idx3-ubyte") for f in folders):
-        import torchvision
-
-        getattr(torchvision.datasets, tv_name)(str(root), train=split == "train", download=True)
-    for folder in folders:
-        images, labels = _find(folder, f"{prefix}-images-idx3-ubyte"), _find(folder, f"{prefix}-labels-idx1-ubyte")
-        if images and labels:
-            x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
-            y = torch.from_numpy(_read_idx(labels).astype(np.int64))
-            if len(x) != len(y):
-                raise RobustlibError(f"{images} and {labels} hold different numbers of items; download them again")
-            return ImageData(name, split, x, y)
+    found = [[_find(folder, stem) for stem in stems] for folder in folders]
+    for files in found:
+        if all(files):
+            return files
+    best = max(found, key=lambda files: sum(f is not None for f in files))   # the first, unless another has more
+    missing = [stem + "[.gz]" for stem, f in zip(stems, best) if f is None]
     hint = " or install Debian's package (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
     raise RobustlibError(
-        f"{name} not found: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] in "
-        f"{' or '.join(map(str, folders))}; copy the official files there{hint}, "
-        f"or pass download=True with internet access"
+        f"{name} not found: expected {' and '.join(missing)} in {' or '.join(map(str, folders))}; copy the "
+        f"official files there{hint}, {_DATA_ROOT_FIX} {tv_name}/raw "
+        f"(or call load_dataset(..., download=True) with internet access)"
     )
 
 
-def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
+def _cifar10_files(root: Path, split: str) -> list[Path]:
+    """The pickled batches of one split of CIFAR-10 (python version)."""
     folder = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    if download and not all((folder / n).is_file() for n in names):
-        import torchvision
-
-        torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise RobustlibError(
             f"cifar10 not found: expected {', '.join(missing)} in {folder}; extract the official "
-            f"cifar-10-python.tar.gz into {root}, or pass download=True with internet access"
+            f"cifar-10-python.tar.gz into {root}, {_DATA_ROOT_FIX} cifar-10-batches-py "
+            f"(or call load_dataset(..., download=True) with internet access)"
         )
-    xs, ys = [], []
-    for n in names:
+    return [folder / n for n in names]
+
+
+def _present(files: Callable[[Path, str], list[Path]], root: Path, split: str) -> bool:
+    try:
+        files(root, split)
+        return True
+    except RobustlibError:
+        return False
+
+
+def _load_idx_dataset(name: str, root: Path, split: str, download: bool) -> ImageData:
+    if download and not _present(partial(_idx_files, name), root, split):
+        import torchvision
+
+        tv_name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+        getattr(torchvision.datasets, tv_name)(str(root), train=split == "train", download=True)
+    images, labels = _idx_files(name, root, split)
+    x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+    y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+    if len(x) != len(y):
+        raise RobustlibError(f"{images} and {labels} hold different numbers of items; download them again")
+    return ImageData(name, split, x, y)
+
+
+# everything a pickled CIFAR-10 batch may name: numpy's array reconstruction (under the module name
+# numpy 1 and 2 each write), and _codecs.encode, by which Python 3's protocol 2 writes bytes. No other
+# function can be called while a batch is read, so a hostile file cannot run code (``os.system``, ...)
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+_BATCH_NAMES = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something outside ``_BATCH_NAMES``."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the names of ``_BATCH_NAMES`` (lists, dicts, strings need none)."""
+
+    def find_class(self, module: str, name: str):
         try:
-            with open(folder / n, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch["labels"], dtype=np.int64))
-        except Exception as e:
-            raise RobustlibError(f"cannot read {folder / n} ({type(e).__name__}); replace it with the official file") from None
+            return _BATCH_NAMES[(module, name)]
+        except KeyError:
+            raise _Refused(f"it asks to call {module}.{name}, which no CIFAR-10 batch does") from None
+
+
+def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the official python version: a dict with ``data`` (N x 3072 uint8, channel-major rows)
+    and ``labels`` (N ints in 0..9), keys as bytes (Python 2's pickles) or str."""
+    fix = "replace it with the official file (cifar-10-python.tar.gz)"
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise RobustlibError(f"refusing {path}: {e}; {fix}") from None
+    except Exception as e:
+        raise RobustlibError(f"cannot read {path} ({type(e).__name__}); {fix}") from None
+    if isinstance(batch, dict):
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        data, labels = batch.get("data"), np.asarray(batch.get("labels", []))
+        if (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+                and labels.shape == (len(data),) and np.issubdtype(labels.dtype, np.integer)
+                and ((labels >= 0) & (labels < 10)).all()):
+            return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    raise RobustlibError(f"{path} is not a CIFAR-10 batch (a dict of 'data', N x 3072 uint8, and 'labels', "
+                         f"N ints in 0..9); {fix}")
+
+
+def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
+    if download and not _present(_cifar10_files, root, split):
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
+    xs, ys = zip(*(_read_cifar10_batch(path) for path in _cifar10_files(root, split)))
     return ImageData("cifar10", split, torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
 
@@ -194,21 +268,38 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data", dow
     return info.load(Path(root), split, download)
 
 
-# name -> what a model and a loader need, and the loader; adding a dataset is one entry here
+def check_files(name: str, root: str | Path) -> None:
+    """Check, before a run starts, that the files of both splits of dataset ``name`` are under ``root``.
+
+    The files are looked for, not read (a few ``stat`` calls, whatever the dataset's size), exactly where
+    :func:`load_dataset` looks: a missing one raises the same one-line :class:`RobustlibError`, naming it,
+    where it was looked for, and the fix. A bundled dataset (``digits``) needs no files.
+
+    Example
+    -------
+    >>> check_files("digits", "data")          # bundled: nothing to look for
+    """
+    info = dataset_info(name)
+    if info.files is not None:
+        for split in ("train", "test"):
+            info.files(Path(root), split)
+
+
+# name -> what a model and a loader need, the loader and its files; adding a dataset is one entry here
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, 8, (0.306,), (0.378,), tuple("0123456789"), 1, False,
                           lambda root, split, download: _load_digits(split)),
     "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), tuple("0123456789"), 2, False,
-                         partial(_load_idx_dataset, "mnist")),
+                         partial(_load_idx_dataset, "mnist"), partial(_idx_files, "mnist")),
     "fashion-mnist": DatasetInfo(
         10, 1, 28, (0.2860,), (0.3530,),
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        2, True, partial(_load_idx_dataset, "fashion-mnist"),
+        2, True, partial(_load_idx_dataset, "fashion-mnist"), partial(_idx_files, "fashion-mnist"),
     ),
     "cifar10": DatasetInfo(
         10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        4, True, _load_cifar10,
+        4, True, _load_cifar10, _cifar10_files,
     ),
 }
 REGISTRIES["datasets"] = DATASETS     # profiles check their dataset name against it

@@ -3,8 +3,10 @@
 One notebook serves every profile: its papermill ``parameters`` cell names a profile and a dict of
 overrides, and :func:`robustlib.config.setup` turns them into a :class:`~robustlib.config.RunConfig`.
 
-This module sits at the bottom of the data flow and imports nothing from the rest of the package: a field
-is checked here for its type and range (a ``ValueError`` naming it). Names that refer to a registry
+This module sits at the bottom of the data flow and imports nothing from the rest of the package. Every
+field is checked here, in one place: its type from its annotation (``int`` is never a bool, a ``float`` is
+finite, a tuple is a list or tuple, never a bare scalar) and its range from the table ``RULES``; a bad value
+raises a one-line ``ValueError`` naming the field and what it expects. Names that refer to a registry
 (datasets, models) are checked against ``REGISTRIES``, which :mod:`robustlib.data` and
 :mod:`robustlib.models` fill when they are imported (``import robustlib`` imports both), and again by
 :func:`robustlib.config.get_profile` for the profiles defined here before the registries existed.
@@ -15,6 +17,11 @@ value is our choice and says so in the field's comment.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
+import types
+import typing
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -71,7 +78,7 @@ class Profile:
     seed: int = 0
     expected_clean_acc: float | None = None       # a floor the notebooks assert on full (non-smoke) runs
     # attacks and evaluation: eps in [0, 1] pixel units, written as given ("8/255" stays 8/255)
-    eval_eps: tuple[str, ...] = ("0.05", "0.1", "0.2")
+    eval_eps: tuple[str | float, ...] = ("0.05", "0.1", "0.2")
     eval_limit: int | None = None     # test images for robust evaluation (None: the whole test split)
     autoattack_limit: int = 100       # images for AutoAttack, minutes per hundred on a CPU
     autoattack_attacks: tuple[str, ...] | None = None   # None: standard AutoAttack; or a subset, e.g. APGD-CE + APGD-T
@@ -92,7 +99,7 @@ class Profile:
     # phase 2, the transfer adversarial fine-tune (Section V.A), and the baselines
     val_size: int = 180               # images held out of the training split to pick the best checkpoint
     seeds: tuple[int, ...] = (0,)     # notebook 03 trains every method once per seed
-    main_eps: str = "0.1"             # L∞ radius of the PGD training adversary and of checkpoint selection
+    main_eps: str | float = "0.1"     # L∞ radius of the PGD training adversary and of checkpoint selection
     ft_epochs: int = 12
     ft_train_limit: int | None = None  # fine-tune (and control, baselines from theta_std) on a seeded subset
     ft_lr: float = 0.01               # the paper does not give the fine-tune learning rate: our choice
@@ -117,68 +124,15 @@ class Profile:
     smoke: bool = False
 
     def __post_init__(self):
-        def bad(name, value, allowed):
-            raise ValueError(f"profile field {name}={value!r} is invalid: expected {allowed}")
-
-        for name in ("epochs", "batch_size", "ft_epochs", "at_steps", "dra_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, getattr(self, name), "an integer >= 1")
-        for name in ("train_limit", "test_limit", "width", "eval_limit", "ft_train_limit"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                bad(name, v, "None or an integer >= 1")
-        for name in ("lr", "ft_lr"):
-            if not getattr(self, name) > 0:
-                bad(name, getattr(self, name), "a float > 0")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", self.momentum, "a float in [0, 1)")
-        if self.weight_decay < 0:
-            bad("weight_decay", self.weight_decay, "a float >= 0")
-        for name in ("lr_schedule", "ft_lr_schedule"):
-            if getattr(self, name) not in SCHEDULES:
-                bad(name, getattr(self, name), f"one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.ft_eps_min <= self.ft_eps_max:
-            bad("ft_eps_min/ft_eps_max", (self.ft_eps_min, self.ft_eps_max), "0 <= ft_eps_min <= ft_eps_max")
-        if not 0 < self.ft_decay <= 1:
-            bad("ft_decay", self.ft_decay, "a fraction in (0, 1]")
-        if not self.ft_replay_ratio >= 0:
-            bad("ft_replay_ratio", self.ft_replay_ratio, "a clean:adversarial weight ratio >= 0")
-        if not self.ablation_seeds or any(not isinstance(v, int) for v in self.ablation_seeds):
-            bad("ablation_seeds", self.ablation_seeds, "a non-empty tuple of integers")
-        if self.ft_replay not in REPLAYS:
-            bad("ft_replay", self.ft_replay, " or ".join(REPLAYS))
-        if self.baseline_init not in INITS:
-            bad("baseline_init", self.baseline_init, " or ".join(INITS))
-        if not self.seeds or any(not isinstance(v, int) for v in self.seeds):
-            bad("seeds", self.seeds, "a non-empty tuple of integers")
-        if not isinstance(self.val_size, int) or self.val_size < 0:
-            bad("val_size", self.val_size, "an integer >= 0")
-        if any(not 0 < m < 1 for m in self.milestones):
-            bad("milestones", self.milestones, "fractions of the epochs in (0, 1)")
-        if not 0 <= self.dra_p <= 1:
-            bad("dra_p", self.dra_p, "a fraction in [0, 1]")
-        if self.dra_budget not in (*DRA_BUDGETS, "paper"):
-            bad("dra_budget", self.dra_budget, f"one of {', '.join(DRA_BUDGETS)} or 'paper'")
-        if self.paper_unit not in ("1", "1/255"):
-            bad("paper_unit", self.paper_unit, "'1' or '1/255'")
-        if not 0 <= self.dra_min_effect < 1:
-            bad("dra_min_effect", self.dra_min_effect, "a fraction in [0, 1)")
-        if any(e <= 0 for e in (*self.dra_eps_grid, self.calib_dra_eps)):
-            bad("dra_eps_grid/calib_dra_eps", (self.dra_eps_grid, self.calib_dra_eps), "budgets > 0")
-        for e in (*self.eval_eps, self.main_eps):
-            try:
-                if not 0 < parse_eps(e)[0] <= 1:
-                    raise ValueError
-            except ValueError:
-                bad("eval_eps", self.eval_eps, "values in (0, 1] such as '0.1' or '8/255'")
-        if self.autoattack_attacks is not None and (not self.autoattack_attacks
-                                                    or set(self.autoattack_attacks) - set(AUTOATTACK_ATTACKS)):
-            bad("autoattack_attacks", self.autoattack_attacks, f"None or a subset of {', '.join(AUTOATTACK_ATTACKS)}")
-        if self.expected_clean_acc is not None and not 0 <= self.expected_clean_acc <= 1:
-            bad("expected_clean_acc", self.expected_clean_acc, "None or a fraction in [0, 1]")
-        for b in self.backbones:
-            if not str(b).partition("/")[2].isdigit() and "/" in str(b):
-                bad("backbones", self.backbones, "entries like 'resnet18/8': a model, optionally /width")
+        for name, (_, is_tuple, _) in FIELD_TYPES.items():     # every field: its type, then its range (RULES)
+            value = getattr(self, name)
+            if is_tuple and isinstance(value, list):         # YAML's lists, stored as tuples (hashable, frozen)
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            check_field(name, value)
+        if not self.ft_eps_min <= self.ft_eps_max:
+            raise ValueError(f"profile field ft_eps_min={self.ft_eps_min!r} is invalid: expected ft_eps_min <= "
+                             f"ft_eps_max={self.ft_eps_max!r} (the DRA budget decays from max to min)")
         if "datasets" in REGISTRIES and "models" in REGISTRIES:
             self.check_names(REGISTRIES["datasets"], REGISTRIES["models"])
 
@@ -219,6 +173,150 @@ class Profile:
             dra_min_effect=0.0,   # two epochs on 512 images: no evidence either way about a budget's effect
             smoke=True,
         )
+
+
+# --- the checks of every field ------------------------------------------------------------------------
+
+def _ge(lo):
+    return lambda v: v >= lo
+
+
+def _gt(lo):
+    return lambda v: v > lo
+
+
+def _one_of(*choices):
+    return lambda v: v in choices
+
+
+def _each(test, *, non_empty=True):
+    """A test of a tuple field: every entry passes ``test`` (and there is at least one)."""
+    return lambda values: (len(values) > 0 or not non_empty) and all(test(v) for v in values)
+
+
+def _eps(v) -> bool:
+    """An eps as :func:`parse_eps` reads it ("8/255", "0.1" or a number), in (0, 1]."""
+    try:
+        return 0 < parse_eps(v)[0] <= 1
+    except ValueError:
+        return False
+
+
+def _anything(v) -> bool:
+    return True
+
+
+def _choices(values) -> str:
+    return "one of " + ", ".join(values)
+
+
+_LIMIT = (_ge(1), "None or an integer >= 1")
+_FRACTION = (lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+# field -> (test of its value, what the error says is expected). The value's type comes first, from the
+# field's annotation (see FIELD_TYPES); the test then sees a value of that type (each None is let through
+# where the annotation allows it). Every field has an entry: a field added without one fails at import.
+RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
+    "name": (re.compile(r"[A-Za-z0-9_.+=-]+").fullmatch, "letters, digits or _.+=- (it names the run directory)"),
+    "description": (_anything, "a string"),
+    "dataset": (bool, "a dataset name"),                  # checked against the registry by check_names
+    "model": (bool, "a model name"),
+    "width": _LIMIT,
+    "augment": (_anything, "true or false"),
+    "in_memory": (_anything, "true or false"),
+    "train_limit": _LIMIT,
+    "test_limit": _LIMIT,
+    "epochs": (_ge(1), "an integer >= 1"),
+    "batch_size": (_ge(1), "an integer >= 1"),
+    "lr": (_gt(0), "a finite float > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "weight_decay": (_ge(0), "a finite float >= 0"),
+    "lr_schedule": (_one_of(*SCHEDULES), _choices(SCHEDULES)),
+    "milestones": (_each(lambda m: 0 < m < 1, non_empty=False),
+                   "a list of fractions of the epochs in (0, 1), e.g. [0.5, 0.75]"),
+    "seed": (_ge(0), "an integer >= 0"),
+    "expected_clean_acc": (_FRACTION[0], "None or a fraction in [0, 1]"),
+    "eval_eps": (_each(_eps), "a non-empty list of eps in (0, 1], e.g. ['0.1', '8/255']"),
+    "eval_limit": _LIMIT,
+    # notebooks 01 and 03 run AutoAttack on this many images (0 would leave notebook 01 an empty table)
+    "autoattack_limit": (_ge(1), "an integer >= 1"),
+    "autoattack_attacks": (_each(_one_of(*AUTOATTACK_ATTACKS)),
+                           f"None or a non-empty list of {', '.join(AUTOATTACK_ATTACKS)}, e.g. ['apgd-ce', 'apgd-t']"),
+    "dra_p": _FRACTION,
+    "dra_steps": (_ge(1), "an integer >= 1"),
+    "dra_eps_grid": (_each(_gt(0)), "a non-empty list of DRA budgets > 0, e.g. [1.0, 2.0]"),
+    "calib_dra_eps": (_gt(0), "a DRA budget > 0"),
+    "dra_budget": (_one_of(*DRA_BUDGETS, "paper"), _choices((*DRA_BUDGETS, "paper"))),
+    "paper_unit": (_one_of("1", "1/255"), "'1' or '1/255'"),
+    "dra_min_effect": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "val_size": (_ge(0), "an integer >= 0"),
+    "seeds": (_each(_ge(0)), "a non-empty list of integers >= 0, e.g. [0, 1, 2]"),
+    "main_eps": (_eps, "an eps in (0, 1] such as '0.1' or '8/255'"),
+    "ft_epochs": (_ge(1), "an integer >= 1"),
+    "ft_train_limit": _LIMIT,
+    "ft_lr": (_gt(0), "a finite float > 0"),
+    "ft_lr_schedule": (_one_of(*SCHEDULES), _choices(SCHEDULES)),
+    "ft_eps_max": (_ge(0), "a DRA budget >= 0"),
+    "ft_eps_min": (_ge(0), "a DRA budget >= 0"),
+    "ft_decay": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "ft_clean_tail": (_anything, "true or false"),
+    "ft_replay": (_one_of(*REPLAYS), " or ".join(REPLAYS)),
+    "ft_replay_ratio": (_ge(0), "a clean:adversarial weight ratio >= 0"),
+    "at_steps": (_ge(1), "an integer >= 1"),
+    "trades_betas": (_each(_gt(0)), "a non-empty list of finite floats > 0, e.g. [1.0, 0.1]"),
+    "mart_beta": (_ge(0), "a finite float >= 0"),
+    "baseline_init": (_one_of(*INITS), " or ".join(INITS)),
+    "lam_lr": (_gt(0), "a finite float > 0"),
+    "backbones": (_each(re.compile(r"[^/\s]+(/[1-9][0-9]*)?").fullmatch, non_empty=False),
+                  "a list of entries like 'resnet18/8': a model, optionally /width (an integer >= 1)"),
+    "ablation_seeds": (_each(_ge(0)), "a non-empty list of integers >= 0, e.g. [0, 1, 2]"),
+    "smoke": (_anything, "true or false"),
+}
+
+# the type of one value: bools are ints to Python, but never a count or a rate here
+_TYPE_TESTS = {
+    int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+    str: lambda v: isinstance(v, str),
+    bool: lambda v: isinstance(v, bool),
+}
+
+
+def _members(annotation) -> tuple:
+    """``int | None`` -> ``(int, NoneType)``; an annotation that is no union -> ``(annotation,)``."""
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if is_union else (annotation,)
+
+
+def _field_type(annotation) -> tuple[tuple[type, ...], bool, bool]:
+    """An annotation as (the types one value may have, a tuple of them?, None allowed?):
+    ``int | None`` -> ``((int,), False, True)``, ``tuple[str | float, ...]`` -> ``((str, float), True, False)``."""
+    members = _members(annotation)
+    rest = tuple(m for m in members if m is not type(None))
+    if len(rest) == 1 and typing.get_origin(rest[0]) is tuple:
+        return _members(typing.get_args(rest[0])[0]), True, type(None) in members
+    return rest, False, type(None) in members
+
+
+# field -> (the types one value may have, a tuple of them?, None allowed?), from the annotations
+FIELD_TYPES = {name: _field_type(hint) for name, hint in typing.get_type_hints(Profile).items()}
+assert set(FIELD_TYPES) == set(RULES), f"fields without a rule: {set(FIELD_TYPES) ^ set(RULES)}"
+
+
+def check_field(name: str, value) -> None:
+    """Refuse a value of profile field ``name`` of the wrong type or out of range: a one-line ``ValueError``
+    ``profile field lr='abc' is invalid: expected a finite float > 0``."""
+    types_, is_tuple, optional = FIELD_TYPES[name]
+    test, expected = RULES[name]
+    if value is None and optional:
+        return
+    one = lambda v: any(_TYPE_TESTS[t](v) for t in types_)
+    if is_tuple:
+        ok = isinstance(value, tuple) and all(one(v) for v in value) and test(value)
+    else:
+        ok = one(value) and test(value)
+    if not ok:
+        hint = "; write even one value as a list" if is_tuple and not isinstance(value, (tuple, list)) else ""
+        raise ValueError(f"profile field {name}={value!r} is invalid: expected {expected}{hint}")
 
 
 def _narrow(backbone: str) -> str:
