@@ -1,19 +1,47 @@
-"""Command line: ``python -m robustlib run --profile quick`` and ``python -m robustlib profiles``."""
+"""Command line: ``python -m robustlib run --profile quick`` and ``python -m robustlib profiles``.
+
+A bad input is one line on stderr (``error: ...``) and exit status 2, before any notebook starts. Ctrl-C or
+SIGTERM stops a run cleanly (exit 130 or 143) and says what was kept.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 
 from .io import RobustlibError
 from .profiles import PROFILES
 from .run import run_sequence
 
+_stopped_by = "SIGINT"
+
+
+def _stop(signum, frame):
+    """Ctrl-C and SIGTERM alike: ``KeyboardInterrupt``, after which what nbclient and asyncio log about the
+    kernel being stopped (a dead kernel, an orphaned task) is noise."""
+    global _stopped_by
+    _stopped_by = signal.Signals(signum).name
+    for name in ("papermill", "asyncio", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise RobustlibError(f"cannot read --overrides-file {path} ({why}); pass a readable YAML file such as "
+                             f"one holding '{{epochs: 5}}'") from None
+
 
 def _overrides(text: str | None, path: str | None) -> dict:
     import yaml
 
     out: dict = {}
-    for source, label in ((open(path).read() if path else None, path), (text, "--overrides")):
+    for source, label in ((_read(path) if path else None, path), (text, "--overrides")):
         if not source:
             continue
         try:
@@ -28,6 +56,7 @@ def _overrides(text: str | None, path: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _stopped_by
     parser = argparse.ArgumentParser(prog="python -m robustlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook sequence with papermill",
@@ -45,11 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
     sub.add_parser("profiles", help="list the profiles")
     args = parser.parse_args(argv)
+    _stopped_by = "SIGINT"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.command == "profiles":
             for p in PROFILES.values():
                 print(f"{p.name:<14} {p.description}")
             return 0
+        for sig in handlers:
+            signal.signal(sig, _stop)
         run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
                      only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
                      retrain=args.retrain, log_output=args.log_output)
@@ -60,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; completed epochs are checkpointed, run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "interrupted (Ctrl-C)" if _stopped_by == "SIGINT" else f"stopped by {_stopped_by}"
+        if getattr(e, "run_dir", None) is None:
+            print(f"{how} before the run started; nothing was written", file=sys.stderr)
+        else:
+            done = ", ".join(s[:2] for s in e.completed) or "none"
+            print(f"{how}; completed notebooks: {done}; completed epochs are checkpointed in "
+                  f"{e.run_dir / 'checkpoints'}; run the same command to resume", file=sys.stderr)
+        return 143 if _stopped_by == "SIGTERM" else 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,65 @@
-"""Every file robustlib writes goes through :func:`atomic_open`.
+"""Every file robustlib writes goes through :func:`atomic_open`; one run per directory through :func:`run_lock`.
 
-A file is first written to a temporary sibling, flushed to disk, then moved over the target with
-``os.replace``, which is atomic on POSIX and Windows. A run killed half-way therefore leaves either the
-old file or the new one, never a truncated one, which is what makes run directories resumable.
+A file is first written to a temporary sibling (``.<name>.XXXXXXXX.tmp``, with the mode the user's umask
+gives new files), flushed to disk, then moved over the target with ``os.replace``, which is atomic on POSIX
+and Windows. A run killed half-way therefore leaves either the old file or the new one, never a truncated
+one, which is what makes run directories resumable; a full disk is a one-line error and the old file stays.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import torch
 
+try:
+    import fcntl
+except ImportError:      # Windows: no flock, run_lock does not lock
+    fcntl = None
+
 
 class RobustlibError(Exception):
     """A user-facing error: its message is one line that names the problem and the fix."""
+
+
+def _read_umask() -> int:
+    """The process umask without changing it (Linux's /proc); elsewhere the set-and-restore, done once at import."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return _UMASK
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _disk_full(e: BaseException, directory: Path) -> bool:
+    """``e`` is a write failing for want of space: ENOSPC/EDQUOT, or torch's zip writer's failed write on a
+    (nearly) full file system (its RuntimeError carries no errno)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, RuntimeError) and ("file write failed" in str(e) or "enforce fail" in str(e)):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(directory).free < 16 * 2**20
+    return False
 
 
 @contextlib.contextmanager
@@ -38,16 +80,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_read_umask())      # mkstemp makes 0600; a written file gets the usual mode
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        full = _disk_full(e, path.parent)        # asked before the temporary file frees its space
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if full:
+            kept = f"the previous {path.name} is intact" if path.exists() else "no earlier file was touched"
+            raise RobustlibError(f"no space left on device writing {path}; free space on {_mount_point(path.parent)} "
+                                 f"({kept}) and run the same command to resume") from None
         raise
 
 
@@ -61,6 +111,90 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise RobustlibError(f"directory {path} is not writable; pass a writable run_dir or fix its permissions")
     return path
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete what interrupted writers left under ``directory``: :func:`atomic_open`'s ``.<name>.*.tmp`` files
+    and partly executed notebooks (``*.partial.ipynb``); returns how many. Only safe under :func:`run_lock`,
+    which proves that no other run is writing there."""
+    stale = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
+    stale += [p for p in Path(directory).rglob("*.partial.ipynb") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return len(stale)
+
+
+def _command() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("robustlib", "__main__.py")):
+        argv[0:1] = ["python", "-m", "robustlib"]
+    return " ".join(argv) or "python"
+
+
+_HELD: dict[Path, int] = {}     # run directories this process holds, and how deep: run_lock is re-entrant
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run directory for the block: one run (``python -m robustlib run``, a script, a notebook) at a
+    time, so two never train the same checkpoints or overwrite each other's files.
+
+    An exclusive ``flock`` on ``<run_dir>/.lock``, which holds the holder's pid, host, command and start time.
+    A second holder fails at once with a one-line :class:`RobustlibError` naming the first. The OS releases
+    an flock when its process ends, however it ends (``kill -9`` included), so a ``.lock`` file left behind
+    never blocks: only a live holder does. Re-entrant within a process; no locking where ``fcntl`` is missing
+    (Windows). Not reliable on network file systems without lock support.
+
+    Example
+    -------
+    >>> with run_lock(tempfile.mkdtemp()) as lock:
+    ...     lock.name
+    '.lock'
+    """
+    run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
+    path = run_dir / ".lock"
+    if run_dir in _HELD or fcntl is None:
+        _HELD[run_dir] = _HELD.get(run_dir, 0) + 1
+        try:
+            yield path
+        finally:
+            _HELD[run_dir] -= 1
+            if not _HELD[run_dir]:
+                del _HELD[run_dir]
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RobustlibError(f"cannot open {path}: {e.strerror}; pass a writable run_dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            h = json.loads(os.pread(fd, 65536, 0) or b"{}")
+        except (OSError, ValueError):
+            h = {}
+        os.close(fd)
+        h = h if isinstance(h, dict) else {}
+        host = f" on {h['host']}" if h.get("host") not in (None, socket.gethostname()) else ""
+        raise RobustlibError(f"run directory {run_dir} is in use by pid {h.get('pid', '?')}{host} "
+                             f"({h.get('command', '?')}, started {h.get('started', '?')}); wait for it, "
+                             f"or pass another --run-dir") from None
+    except OSError as e:
+        os.close(fd)
+        raise RobustlibError(f"cannot lock {path} ({e.strerror}); put the run directory on a local file system")
+    try:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        _HELD[run_dir] = 1
+        yield path
+    finally:
+        _HELD.pop(run_dir, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)        # free again: an empty file names no holder
+        os.close(fd)                   # releases the flock
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -3,17 +3,34 @@
 Each notebook in ``notebooks/`` (``00_...`` to ``05_...``) is executed in order with its ``parameters``
 cell set to the profile, device and folders; the executed copy lands in ``<run_dir>/notebooks/`` and the
 wall time of each in ``<run_dir>/timings.json``. Papermill does the executing.
+
+Every input (profile, overrides, device, dataset files, writable folders, ``timings.json``) is checked before
+the first notebook starts. The run holds :func:`robustlib.io.run_lock` on its directory throughout, so a
+second run there fails at once; under it, files left by an interrupted run are removed first. The kernels'
+sockets live in a private temporary folder, never in ``notebooks/``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from .io import RobustlibError, ensure_dir, read_json, write_json
+from .io import RobustlibError, ensure_dir, read_json, remove_stale_temporaries, run_lock, write_json
 from .config import SMOKE_ENV, repo_root, setup, smoke_requested
-from . import report
+from . import data, report
+
+OUTPUT_DIRS = ("notebooks", "figures", "tables", "metrics", "checkpoints")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or a signal: its ``run_dir`` and the notebooks it ``completed`` (their stems)."""
+
+    def __init__(self, run_dir: Path, completed: list[str]):
+        super().__init__(run_dir, completed)
+        self.run_dir, self.completed = run_dir, completed
 
 
 def notebooks_dir() -> Path:
@@ -26,6 +43,9 @@ def list_notebooks(only: list[str] | None = None, folder: Path | None = None) ->
     books = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not books:
         raise RobustlibError(f"no notebooks found in {folder}; run from a checkout of the repository")
+    if only is not None and any(not str(o).strip() for o in only):
+        raise RobustlibError(f"--only got an empty item ({' '.join(map(repr, only))}); name notebooks by number, "
+                             f"e.g. --only 02 03")
     if only:
         unknown = [o for o in only if not any(b.name.startswith(o) for b in books)]
         if unknown:
@@ -35,14 +55,42 @@ def list_notebooks(only: list[str] | None = None, folder: Path | None = None) ->
     return books
 
 
-def _kernel_config():
-    """Talk to the kernel over local sockets where the OS has them: ipykernel warns about (and exposes) TCP."""
+def _kernel_config(sockets: str | None, quiet: bool):
+    """Talk to the kernel over local sockets where the OS has them (ipykernel warns about, and exposes, TCP).
+
+    ipc sockets are files named ``<ip>-<port>``, relative to the kernel's cwd (``notebooks/``) by default:
+    ``ip`` puts them in ``sockets``, a private temporary folder. ``quiet`` keeps the kernel's own log (which a
+    stopped run fills with ZMQ tracebacks and "KeyboardInterrupt caught in kernel") to critical messages;
+    the notebooks' errors come back as cell outputs and a kernel that dies is reported by nbclient either way.
+    """
     from traitlets.config import Config
 
     config = Config()
-    if os.name == "posix":
+    if os.name == "posix" and sockets:
         config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(sockets, "kernel")
+    if quiet:
+        config.NotebookClient.extra_arguments = ["--IPKernelApp.log_level=CRITICAL"]
     return config
+
+
+def check_outputs(cfg) -> None:
+    """Create the run directory's output folders (a one-line error where one cannot be written) and check that
+    ``timings.json`` reads as a mapping: everything a run writes besides its notebooks, checked first."""
+    for sub in OUTPUT_DIRS:
+        ensure_dir(cfg.path(sub))
+    timings = read_json(cfg.path("timings.json"), default={})
+    if not isinstance(timings, dict):
+        raise RobustlibError(f"{cfg.path('timings.json')} holds a {type(timings).__name__}, not a mapping of "
+                             f"notebook -> timing; delete it (it only records wall times)")
+
+
+def _record_timing(cfg, stem: str, entry: dict) -> None:
+    """Update one notebook's entry of ``timings.json``, read again just before: other entries are kept."""
+    timings = read_json(cfg.path("timings.json"), default={})
+    timings = timings if isinstance(timings, dict) else {}
+    timings[stem] = entry
+    write_json(cfg.path("timings.json"), timings)
 
 
 def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str | None = None,
@@ -50,41 +98,71 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
                  smoke: bool | None = None, retrain: bool = False, log_output: bool = False) -> Path:
     """Execute the notebooks for ``profile`` and return the run directory.
 
-    Everything is validated before the first notebook starts (profile, overrides, device, a writable run
-    directory), so a typo fails in a second with one line instead of after a long notebook.
+    Everything is validated before the first notebook starts (profile, overrides, device, the dataset's
+    files, writable output folders, the run directory free of another run), so a typo fails in a second with
+    one line instead of after a long notebook. Ctrl-C (or a signal turned into ``KeyboardInterrupt``) raises
+    :class:`Interrupted`, naming the notebooks completed.
     """
-    import papermill as pm
-
     smoke = smoke_requested() if smoke is None else smoke
     cfg = setup(profile, device=device, run_dir=run_dir, data_root=data_root, overrides=overrides, smoke=smoke)
     books = list_notebooks(only)
+    data.check_files(cfg.profile.dataset, cfg.data_root)
+    completed: list[str] = []
+    sockets = tempfile.mkdtemp(prefix="robustlib-kernel-")
+    try:
+        with run_lock(cfg.run_dir):
+            check_outputs(cfg)
+            stale = remove_stale_temporaries(cfg.run_dir)
+            if stale:
+                print(f"removed {stale} temporary file(s) left in {cfg.run_dir} by an interrupted run", flush=True)
+            _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,
+                       retrain=retrain, log_output=log_output, sockets=sockets)
+    except KeyboardInterrupt:
+        raise Interrupted(cfg.run_dir, completed) from None
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+    return cfg.run_dir
+
+
+def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device, overrides, smoke, retrain,
+               log_output, sockets) -> None:
+    """Execute ``books`` in order, appending each one's stem to ``completed`` when it is done."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
     os.environ[SMOKE_ENV] = "1" if smoke else "0"     # the kernels inherit it; the config cell honours it
     os.environ.setdefault("TQDM_MININTERVAL", "5")   # few progress updates: no IOPub flood under papermill
-    out_dir = ensure_dir(cfg.path("notebooks"))
-    timings = read_json(cfg.path("timings.json"), default={})
+    out_dir = cfg.path("notebooks")
     print(f"{'smoke' if smoke else 'full'} run of profile {profile!r} on {cfg.device}: {len(books)} notebook(s)"
           f" -> {cfg.run_dir}", flush=True)
     for nb in books:
         out = out_dir / nb.name
-        partial = out_dir / f".{nb.stem}.partial.ipynb"
+        partial = out_dir / f".{nb.stem}.{os.getpid()}.partial.ipynb"
         params = dict(profile=profile, device=device, run_dir=str(cfg.run_dir), data_root=str(cfg.data_root),
                       overrides=dict(overrides or {}), retrain=retrain)
         print(f"  {nb.name} ...", end="", flush=True)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name="python3",
-                                cwd=str(nb.parent), progress_bar=False, log_output=log_output, config=_kernel_config())
-        except pm.PapermillExecutionError as e:
+                                cwd=str(nb.parent), progress_bar=False, log_output=log_output,
+                                config=_kernel_config(sockets, quiet=not log_output))
+        except KeyboardInterrupt:
+            print(" stopped", flush=True)
+            raise
+        except (pm.PapermillExecutionError, DeadKernelError) as e:
             os.replace(partial, out)
             print(" failed", flush=True)
+            if isinstance(e, DeadKernelError):
+                raise RobustlibError(f"the kernel running {nb.name} died (out of memory? see dmesg); the executed "
+                                     f"part is {out}; run the same command to resume") from None
             raise RobustlibError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: "
                                  f"{str(e.evalue).splitlines()[0] if e.evalue else ''}; the executed notebook "
                                  f"is {out}") from None
         os.replace(partial, out)
         seconds = time.perf_counter() - t0
         print(f" done in {seconds:.0f} s", flush=True)
-        timings[nb.stem] = {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device)}
-        write_json(cfg.path("timings.json"), timings)
+        _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device)})
+        completed.append(nb.stem)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results
         path = report.build_report(cfg)
         print(f"report: {path} (and {path.with_suffix('.html').name})", flush=True)
@@ -93,11 +171,10 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
         print(f"warning: report not built ({type(e).__name__}: {first[:200]}); the notebooks' results are intact",
               flush=True)
     print(f"results in {cfg.run_dir}:")
-    for sub in ("notebooks", "figures", "tables", "metrics", "checkpoints"):
+    for sub in OUTPUT_DIRS:
         if cfg.path(sub).is_dir():
-            print(f"  {sub + '/':<13} {sum(1 for _ in cfg.path(sub).iterdir())} files")
+            print(f"  {sub + '/':<13} {sum(1 for p in cfg.path(sub).iterdir() if not p.name.startswith('.'))} files")
     for extra in ("report.md", "timings.json"):
         if cfg.path(extra).exists():
             print(f"  {extra}")
     sys.stdout.flush()
-    return cfg.run_dir

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,9 +42,12 @@ def test_help_lists_the_options():
 
 def test_smoke_run_of_the_pretraining_notebook(tmp_path):
     run_dir = tmp_path / "run"
+    notebooks = Path(__file__).parents[1] / "notebooks"
+    sockets = set(notebooks.glob("kernel-*"))
     r = cli("run", "--profile", "quick", "--smoke", "--only", "02", "--run-dir", str(run_dir))
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"results in {run_dir}" in r.stdout
+    assert set(notebooks.glob("kernel-*")) == sockets      # the kernel's ipc sockets live in a temporary folder
     executed = json.loads((run_dir / "notebooks" / "02_pretraining.ipynb").read_text())
     params = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert params and "profile = \"quick\"" in "".join(params[0]["source"])
