@@ -11,6 +11,14 @@ PGD").
 calls the attack; each entry also says how its settings read (``describe``) and how a profile sets its
 budget when it trains a model (``budget``). Every attack takes the same keywords where it needs them
 (``eps``, ``loss_fn``, ``x_init``); randomness is an explicit ``seed`` argument, never guessed by name.
+
+Bad inputs are one-line ``ValueError``s before any work where they can be: images that are not floats in
+[0, 1] or hold NaN/inf (``x`` and ``x_init``), negative labels (cross-entropy would skip -100, its
+``ignore_index``, and leave that image unattacked). Labels may be any integer dtype (they are converted to
+int64). What only the model knows is checked at the attack's first forward pass, once per call: a batch
+the model cannot take (its shape error, in one line), logits that are NaN/inf, a label with no logit. An
+empty batch, and a zero budget (``eps=0``: robust accuracy at eps 0 is clean accuracy), return ``x``
+unchanged without running the model.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import load_torch, save_torch
-from .models import eval_mode
+from .models import eval_mode, first_nonfinite
 from .profiles import AUTOATTACK_ATTACKS, DRA_BUDGETS, parse_eps
 
 # Madry et al.'s PGD step, 2.5 * eps / steps: used by the random-start protocol and every PGD training adversary
@@ -35,20 +43,88 @@ RANK_BY = ("last_grad", "final_grad", "perturbation")
 BUDGETS = DRA_BUDGETS   # how DRA's eps reads: per_image (L1 = eps), per_value (L1 = eps*N), per_value/255 (eps*N/255)
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+def _check_images(x, what: str = "x") -> None:
+    """Refuse a batch that is not float images in [0, 1]; NaN/inf first (they pass any range comparison)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError("x must be a float tensor of images in [0, 1]; convert with x.float() / 255")
+        raise ValueError(f"{what} must be a float tensor of images in [0, 1]; convert with x.float() / 255")
+    if not x.numel():
+        return
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()           # NaN propagates: one sync for all three
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what} holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN/inf); "
+                         f"clean the images first")
+    if lo < 0 or hi > 1:
+        fix = ("attack unnormalised images and put normalisation inside the model" if what == "x" else
+               "start from a point of the image box, e.g. its .clamp(0, 1)")
+        raise ValueError(f"{what} must lie in [0, 1] (got [{lo:.3g}, {hi:.3g}]); {fix}")
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, eps: float, x_init: torch.Tensor | None = None) -> torch.Tensor:
+    """Refuse bad images, labels, budget or start point in one line; return the labels as int64."""
+    _check_images(x)
     if x.dim() < 2:
         raise ValueError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}; add a batch dimension")
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex():
         raise ValueError("y must be an integer tensor of class labels, e.g. torch.tensor([3, 1, 4])")
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"y must hold one label per image: x has {len(x)} images, y has shape {tuple(y.shape)}")
-    if len(x) and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x must lie in [0, 1] (got [{x.min().item():.3g}, {x.max().item():.3g}]); "
-                         f"attack unnormalised images and put normalisation inside the model")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"y holds label {int(y.min())}: labels must be class indices >= 0 (cross-entropy skips "
+                         f"-100, its ignore_index, so that image would go unattacked)")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if x_init is not None:
+        _check_images(x_init, "x_init")
+        if x_init.shape != x.shape:
+            raise ValueError(f"x_init must have x's shape {tuple(x.shape)}, got {tuple(x_init.shape)}")
+    return y.long()
+
+
+_SHAPE_WORDS = ("size", "shape", "channel", "dimension", "mat1")   # torch's words for an input it cannot take
+
+
+def label_error(label: int, classes: int) -> ValueError:
+    """The error for a label the model has no logit for."""
+    return ValueError(f"y holds label {label} but the model gives {classes} logits (classes 0-{classes - 1}); "
+                      f"check the labels or the model's num_classes")
+
+
+def nonfinite_logits(model: nn.Module, x: torch.Tensor, bad: int, n: int) -> ValueError:
+    """The error for logits that are NaN/inf on ``bad`` of ``n`` images, naming the cause it finds."""
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        return ValueError(f"x holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN/inf); "
+                          f"clean the images first")
+    name = first_nonfinite(model.state_dict().items())
+    why = (f"its weights are not finite ({name} holds NaN/inf): reload or retrain it" if name else
+           "its weights and inputs are finite, so it overflows: check its last layers")
+    return ValueError(f"the model's logits are NaN/inf on {bad} of {n} images; {why}")
+
+
+def model_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                 finite: bool = True) -> torch.Tensor:
+    """``model(x)`` checked as a first forward pass: a batch the model cannot take (a shape error), an output
+    that is not (N, classes) logits, NaN/inf logits (unless ``finite=False``) and labels ``y`` with no logit
+    are one-line ``ValueError``s."""
+    try:
+        logits = model(x)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, torch.OutOfMemoryError) or not any(w in first.lower() for w in _SHAPE_WORDS):
+            raise
+        raise ValueError(f"the model cannot take x of shape {tuple(x.shape)}: {first[:200]}; check the "
+                         f"dataset/model pair") from None
+    if logits.dim() != 2 or len(logits) != len(x):
+        raise ValueError(f"the model returns shape {tuple(logits.shape)} for {len(x)} images, not (N, classes) "
+                         f"logits; wrap it so that it returns one row of logits per image")
+    if len(x):
+        zero = torch.zeros((), dtype=torch.long, device=logits.device)
+        bad, top = torch.stack([(~torch.isfinite(logits)).any(1).sum() if finite else zero,
+                                y.max().to(logits.device) if y is not None else zero]).tolist()   # one sync
+        if bad:
+            raise nonfinite_logits(model, x, bad, len(x))
+        if y is not None and top >= logits.shape[1]:
+            raise label_error(top, logits.shape[1])
+    return logits
 
 
 def _check_steps(steps) -> None:
@@ -56,14 +132,16 @@ def _check_steps(steps) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable | None = None) -> torch.Tensor:
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable | None = None, *,
+                   check: bool = False) -> torch.Tensor:
     """Gradient of the summed cross-entropy with respect to ``x`` only (parameters get no ``.grad``).
 
-    Summing, not averaging, keeps each image's gradient independent of the batch size.
+    Summing, not averaging, keeps each image's gradient independent of the batch size. ``check``: this is
+    the attack's first pass, checked by :func:`model_logits`.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = model_logits(model, x, y) if check else model(x)
         loss = loss_fn(logits, y) if loss_fn else F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad.detach()
@@ -81,13 +159,15 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss
 
     Returns
     -------
-    Adversarial images, same shape as ``x``.
+    Adversarial images, same shape as ``x`` (``x`` itself for ``eps=0`` or an empty batch).
     """
-    _check(x, y, eps)
+    y = _check(x, y, eps, x_init)
     x = x.detach()
-    start = x if x_init is None else x_init.detach().clamp(0, 1)
+    if eps == 0 or not len(x):
+        return x.clone()
+    start = x if x_init is None else x_init.detach()
     with eval_mode(model):
-        adv = start + eps * input_gradient(model, start, y, loss_fn).sign()
+        adv = start + eps * input_gradient(model, start, y, loss_fn, check=True).sign()
         return (x + (adv - x).clamp(-eps, eps)).clamp(0, 1).detach()
 
 
@@ -113,7 +193,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
 
     Returns
     -------
-    Adversarial images with ``|x_adv - x|_inf <= eps`` and values in [0, 1].
+    Adversarial images with ``|x_adv - x|_inf <= eps`` and values in [0, 1]. ``eps=0`` is a valid zero
+    budget: it returns ``x`` unchanged (robust accuracy at eps 0 is clean accuracy), as does an empty batch.
 
     Example
     -------
@@ -124,24 +205,28 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     >>> bool((xa - x).abs().max() <= 0.1 + 1e-6)
     True
     """
-    _check(x, y, eps)
+    y = _check(x, y, eps, x_init)
     _check_steps(steps)
     if step_size is None and step_factor is None:
         raise ValueError("pass step_size (pixel units) or step_factor (step = step_factor*eps/steps; 1 is the "
                          "paper's protocol, 2.5 Madry et al.'s)")
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    if step_size is None and not step_factor > 0:
+        raise ValueError(f"step_factor must be > 0, got {step_factor!r}")
+    x = x.detach()
+    if eps == 0 or not len(x):                   # a zero budget: nothing to search
+        return x.clone()
     if step_size is None:
         step_size = step_factor * eps / steps
-    if not step_size > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    x = x.detach()
     with eval_mode(model):
         adv = x.clone() if x_init is None else (x + (x_init.detach() - x).clamp(-eps, eps)).clamp(0, 1)
         if random_start:
             g = torch.Generator().manual_seed(seed) if seed is not None else None
             noise = torch.empty(x.shape).uniform_(-eps, eps, generator=g).to(x.device, x.dtype)
             adv = (x + noise).clamp(0, 1)
-        for _ in range(steps):
-            adv = adv + step_size * input_gradient(model, adv, y, loss_fn).sign()
+        for i in range(steps):
+            adv = adv + step_size * input_gradient(model, adv, y, loss_fn, check=i == 0).sign()
             adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)   # eq. (2): Π onto the eps-ball ∩ [0, 1]
     return adv.detach()
 
@@ -166,7 +251,7 @@ def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: f
     along ``sign(g)`` by ``r ||g||_1``, so DRA (p = 1) and PGD are equally strong when ``e / r = N_eff``.
     """
     with eval_mode(model):
-        g = input_gradient(model, x.detach(), y).flatten(1).double()
+        g = input_gradient(model, x.detach(), y.long(), check=True).flatten(1).double()
     k = max(1, round(p * g.shape[1])) if len(g) else 0
     l2 = g.abs().topk(k, dim=1).values.pow(2).sum(1) if k < g.shape[1] else g.pow(2).sum(1)
     return (g.abs().sum(1).pow(2) / l2).where(l2 > 0, torch.nan).float()   # NaN: no gradient (a saturated image)
@@ -200,7 +285,8 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
         (``budget="per_value"``, an alternative reading: the L1 budget is ``eps * N``), or the average per value
         in 0-255 units (``budget="per_value/255"``: ``eps * N / 255``, the reading of CIFAR code that writes
         eps in pixel levels). :func:`l1_budget` converts.
-    p : fraction in [0, 1] of the N = C*H*W values that keep their perturbation. ``p = 0`` returns ``x``.
+    p : fraction in [0, 1] of the N = C*H*W values that keep their perturbation. ``p = 0`` returns ``x``
+        (as do ``eps = 0`` and an empty batch).
     steps : T, the number of gradient steps (T forward+backward passes; one more with ``"final_grad"``).
     rank_by : what ranks the values in step 3: ``"last_grad"`` (literal: the last computed gradient,
         ``g_{T-1}``), ``"final_grad"`` (the gradient at the final iterate ``x_T``, one more pass), or
@@ -223,7 +309,7 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
     >>> int(((xa - x) != 0).flatten(1).sum(1).max()) <= round(64 / 3)
     True
     """
-    _check(x, y, eps)
+    y = _check(x, y, eps, x_init)
     _check_dra(steps, p, rank_by, budget)
     x = x.detach()
     n = x[0].numel() if len(x) else 0
@@ -232,9 +318,9 @@ def dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, p: fl
         return x.clone()
     alpha = l1_budget(eps, n, budget) / steps                            # Algorithm 1, line 1
     with eval_mode(model):
-        adv = x.clone() if x_init is None else x_init.detach().clamp(0, 1)
-        for _ in range(steps):                                             # line 3
-            grad = input_gradient(model, adv, y, loss_fn)
+        adv = x.clone() if x_init is None else x_init.detach()
+        for i in range(steps):                                             # line 3
+            grad = input_gradient(model, adv, y, loss_fn, check=i == 0)
             l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
             adv = (adv + alpha * grad / l1).clamp(0, 1)                   # a zero gradient gives no step
         if rank_by == "final_grad":
@@ -340,7 +426,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     """
     from pyautoattack import AutoAttack   # imported here: a heavy import that only AutoAttack's users pay for
 
-    _check(x, y, eps)
+    y = _check(x, y, eps)
     if norm not in ("Linf", "L2", "L1"):
         raise ValueError(f"norm must be Linf, L2 or L1, got {norm!r}")
     if attacks is not None:

@@ -3,6 +3,9 @@
 Every robust accuracy states its protocol. ``PROTOCOLS`` holds them by name, each with its table column
 (``pgd@0.1``), its constants and a description; :func:`robust_accuracy` runs one, :func:`evaluate_table`
 makes the methods table, :func:`mean_std` and :func:`format_mean_std` summarise it over seeds.
+
+No accuracy is computed on nothing or from logits that mean nothing: no images, labels that are not class
+indices of the model, and NaN/inf logits (whose argmax is class 0) are one-line ``ValueError``s.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, PGD_STEP_FACTOR, autoattack, dra, effective_dimension, l1_budget
+from .attacks import (ATTACKS, PGD_STEP_FACTOR, autoattack, dra, effective_dimension, l1_budget, label_error,
+                      model_logits, nonfinite_logits)
 from .models import eval_mode
 from .profiles import parse_eps
 
@@ -26,24 +30,59 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Predicted labels (N,) for images ``x`` (N, C, H, W) in [0, 1], in eval mode, batch by batch."""
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int | None]:
+    """Predicted labels and the model's number of logits (``None`` without images). The first batch is
+    checked as the model's first pass (:func:`~robustlib.attacks.model_logits`); NaN/inf logits on any
+    image are refused once all are counted."""
     device = _device_of(model)
+    out, bad, classes = [], 0, None
     with eval_mode(model):
-        out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            logits = model_logits(model, xb, finite=False) if i == 0 else model(xb)
+            bad = bad + (~torch.isfinite(logits)).any(1).sum()
+            out.append(logits.argmax(1).cpu())
+            classes = logits.shape[1]
+    if int(bad):
+        raise nonfinite_logits(model, x, int(bad), len(x))
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long)), classes
+
+
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels (N,) for images ``x`` (N, C, H, W) in [0, 1], in eval mode, batch by batch.
+    Raises ``ValueError`` where the model's logits are NaN/inf (an argmax of NaN would read as class 0)."""
+    return _predict(model, x, batch_size)[0]
+
+
+def _scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, correct mask) for at least one image with a label the model has a logit for."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dim() != 1:
+        raise ValueError("y must be a 1-D integer tensor of class labels, e.g. torch.tensor([3, 1, 4])")
+    if len(y) != len(x):
+        raise ValueError(f"y must hold one label per image: x has {len(x)} images, y has {len(y)} labels")
+    if not len(y):
+        raise ValueError("no images to score: x is empty, and an accuracy of no images is undefined; check the "
+                         "split or subset that made it")
+    pred, classes = _predict(model, x, batch_size)
+    y = y.cpu()
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise ValueError(f"y holds label {lo}: labels must be class indices >= 0")
+    if hi >= classes:
+        raise label_error(hi, classes)
+    return pred, pred == y
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512) -> float:
-    """Fraction of ``x`` classified as ``y`` (a float in [0, 1])."""
-    return (predict(model, x, batch_size=batch_size) == y.cpu()).float().mean().item()
+    """Fraction of ``x`` classified as ``y`` (a float in [0, 1]). Refuses (``ValueError``) no images, labels
+    outside the model's classes and NaN/inf logits."""
+    return _scored(model, x, y, batch_size)[1].float().mean().item()
 
 
 def robust_fraction(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of images classified correctly both clean (``x``) and attacked (``x_adv``): robust accuracy
-    counted as every protocol of :data:`PROTOCOLS` counts it."""
-    y = y.cpu()
-    return ((predict(model, x) == y) & (predict(model, x_adv) == y)).float().mean().item() if len(y) else float("nan")
+    counted as every protocol of :data:`PROTOCOLS` counts it. Refuses no images, as :func:`accuracy` does."""
+    return (_scored(model, x, y)[1] & _scored(model, x_adv, y)[1]).float().mean().item()
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes) -> pd.DataFrame:
@@ -61,7 +100,7 @@ def clean_report(model: nn.Module, data, *, batch_size: int = 512) -> dict:
     dict with ``accuracy`` (float), ``per_class`` (DataFrame: class, n, accuracy) and ``confusion``.
     """
     x, y = data.float_x(), data.y
-    pred = predict(model, x, batch_size=batch_size)
+    pred, ok = _scored(model, x, y, batch_size)
     classes = list(data.info.classes)
     cm = confusion_matrix(y, pred, classes)
     counts = cm.to_numpy().sum(1)
@@ -70,7 +109,7 @@ def clean_report(model: nn.Module, data, *, batch_size: int = 512) -> dict:
         "n": counts,
         "accuracy": np.divide(np.diag(cm.to_numpy()), counts, out=np.full(len(classes), np.nan), where=counts > 0),
     })
-    return {"accuracy": (pred == y).float().mean().item(), "per_class": per_class, "confusion": cm}
+    return {"accuracy": ok.float().mean().item(), "per_class": per_class, "confusion": cm}
 
 
 # --- robustness -----------------------------------------------------------------------------------------
@@ -90,9 +129,12 @@ def run_attack(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ba
 
     An attack that declares a ``seed`` argument (PGD's random start) gets ``seed + i`` for batch ``i``, so
     the result does not depend on which batches ran before; ``seed=None`` draws from torch's generator.
+    An empty ``x`` gives an empty batch back.
     """
     if isinstance(attack, str) and attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    if len(x) != len(y):
+        raise ValueError(f"y must hold one label per image: x has {len(x)} images, y has {len(y)} labels")
     fn = ATTACKS[attack] if isinstance(attack, str) else attack
     seeded = takes_seed(fn)
     device = _device_of(model)
@@ -205,7 +247,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
                  ``autoattack_attacks`` (e.g. ``("apgd-ce", "apgd-t")``) narrows AutoAttack to a subset
                  of its attacks, and ``state_dir`` makes it resumable; the settings string names them.
 
-    Every protocol counts an image as robust only if it is classified correctly clean and attacked.
+    Every protocol counts an image as robust only if it is classified correctly clean and attacked. No
+    images (an accuracy that would be NaN) and labels outside the model's classes are ``ValueError``s.
 
     Returns
     -------
@@ -221,8 +264,11 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
         raise ValueError(f"protocol {protocol!r} takes no {', '.join(unknown)}; its options: "
                          f"{', '.join(PROTOCOLS[protocol].options) or 'none'}")
     eps_value, label = parse_eps(eps)
+    if not len(x):
+        raise ValueError("no images to attack: x is empty, and a robust accuracy of no images is undefined; "
+                         "check the split or subset that made it")
+    clean_ok = _scored(model, x, y)[1]
     y = y.cpu()
-    clean_ok = predict(model, x) == y
     ok, x_adv, settings, parts = PROTOCOLS[protocol].attack(
         model, x, y, clean_ok, eps=eps_value, label=label, steps=steps, batch_size=batch_size, seed=seed, **options)
     row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": len(y),

@@ -211,6 +211,13 @@ def model_spec(profile) -> dict:
                 image_size=info.image_size, width=profile.width, mean=list(info.mean), std=list(info.std))
 
 
+def first_nonfinite(named) -> str | None:
+    """The name of the first floating tensor of ``named`` (``(name, tensor)`` pairs: ``state_dict().items()``,
+    ``named_parameters()``) that holds NaN or inf; ``None`` if every one is finite."""
+    return next((k for k, v in named if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()),
+                None)
+
+
 class eval_mode:
     """Context manager: put a model in eval mode and restore each submodule's own mode afterwards.
 

@@ -8,14 +8,20 @@ resumes from the last complete epoch.
 
 A checkpoint records the settings its run consumed (``settings``: the profile fields read while building
 it, and their hash); loading it for a run whose settings differ is refused with the name of the field.
+Every checkpoint :func:`fit` writes also records the call that made it (``fit_args``: the optimiser, the
+schedule, the objective, the adversary, the model's class, ...); a call that would resume a run made by
+another call is refused, naming what differs, before the caller's model is touched.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,8 +34,8 @@ from tqdm.auto import tqdm
 from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
-from .losses import OBJECTIVES, Adversary, clean, replay_weights
-from .models import build_model, eval_mode, model_spec
+from .losses import OBJECTIVES, Adversary, EpsSchedule, clean, replay_weights
+from .models import build_model, eval_mode, first_nonfinite, model_spec
 from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
@@ -41,6 +47,11 @@ IDENTITY = ("model", "dataset", "kind", "theta_std", "beta", "recipe")   # what 
 RECIPE = 2
 OPTIONAL = ("beta",)                      # compared where recorded (older checkpoints carry it in their name only)
 RETRAIN = "pass retrain=True (or --retrain) to train it again, or use another run_dir"
+RESTART = "pass resume=False to train from scratch (it overwrites that run), or another name/run_dir"   # fit's own
+LR_SCHEDULES = ("cosine", "multistep", "constant")
+# what a run depends on, in the order a refusal names them (fit_args also holds "model", checked on its own)
+FIT_ARGS = ("epochs", "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "objective", "adversary",
+            "replay", "clean_weight", "precision", "seed")
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float, epochs: int,
@@ -71,7 +82,8 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha1(json.dumps(_plain(settings), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings: dict | None = None) -> None:
+def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings: dict | None = None,
+                     fix: str | None = None) -> None:
     """Refuse a checkpoint made for another run: another format, model, data, θ_std or settings.
 
     ``expect`` holds identity keys (``kind``, ``model``, ``dataset``, ``theta_std``); ``settings`` the
@@ -79,20 +91,21 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     each field this run reads is compared with the fields the checkpoint's run read, and the first that
     differs, or that its run did not read, is named (a field only the old run read is no reason to
     refuse). A checkpoint written before settings were recorded holds the whole profile
-    (``profile_fields``) instead, and is accepted when every field this run reads agrees with it.
+    (``profile_fields``) instead, and is accepted when every field this run reads agrees with it. ``fix``
+    replaces the way out the messages name (``retrain=True``) for a caller that has another.
     """
     if state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
         raise RobustlibError(f"{path} is not a robustlib checkpoint (format {state.get('format')!r}); "
-                             f"delete it or pass retrain=True")
+                             f"{fix or 'delete it or pass retrain=True'}")
     if "recipe" in (expect or {}) and state.get("recipe") != expect["recipe"]:
         raise RobustlibError(f"{path} was trained by fine-tune recipe {state.get('recipe') or 'before 2'}; this code is "
                              f"recipe {expect['recipe']} (robustlib.train.RECIPE): delete the file, or train it again "
                              f"(retrain=True in the notebook that trains it: 03 for the profile's own runs)")
     for key in IDENTITY:
         if key in (expect or {}) and (key in state or key not in OPTIONAL) and state.get(key) != expect[key]:
+            way = fix or "use another run_dir, or delete the file (retrain=True) to train it again"
             raise RobustlibError(f"{path} was made with {key}={str(state.get(key))[:80]!r} but this run needs "
-                                 f"{str(expect[key])[:80]!r}; use another run_dir, or delete the file "
-                                 f"(retrain=True) to train it again")
+                                 f"{str(expect[key])[:80]!r}; {way}")
     if settings is None or state.get("settings_hash") == settings_hash(settings):
         return
     legacy = "settings" not in state              # written before settings were recorded: the whole profile
@@ -101,10 +114,10 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     for f in now:
         if f not in made:
             why = "records no" if legacy else "was trained by a run that did not read"
-            raise RobustlibError(f"{path} {why} {f}, which this run reads ({f}={now[f]!r}); {RETRAIN}")
+            raise RobustlibError(f"{path} {why} {f}, which this run reads ({f}={now[f]!r}); {fix or RETRAIN}")
         if made[f] != now[f]:
             raise RobustlibError(f"{path} was trained with {f}={made[f]!r} but the profile now says {now[f]!r}; "
-                                 f"{RETRAIN}")
+                                 f"{fix or RETRAIN}")
 
 
 def load_checkpoint(path: str | Path, *, expect: dict | None = None, settings: dict | None = None,
@@ -118,12 +131,18 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, settings: d
         a mismatch raises a one-line :class:`RobustlibError` instead of loading the wrong weights.
     settings : the profile fields the run consumes; a checkpoint trained with other values is refused.
 
+    A checkpoint whose weights hold NaN/inf is refused too (its accuracy would be class 0's share).
+
     Returns
     -------
     (model in eval mode on ``device``, the checkpoint's metadata without the weights)
     """
     state = load_torch(path)
     check_checkpoint(state, Path(path), expect=expect, settings=settings)
+    bad = first_nonfinite(state["state_dict"].items())
+    if bad:
+        raise RobustlibError(f"{path} holds non-finite weights (NaN/inf) in {bad}; delete it (retrain=True) to "
+                             f"train it again")
     spec = dict(state["model"])
     try:
         model = build_model(spec.pop("name"), **spec)
@@ -181,9 +200,11 @@ def _needs_attack(objective: Callable) -> bool:
     return param is not None and param.default is inspect.Parameter.empty
 
 
-def _check_fit_args(objective, adversary, replay, clean_weight, precision) -> Callable:
+def _check_fit_args(objective, adversary, replay, clean_weight, precision, lr_schedule) -> Callable:
     if precision not in PRECISIONS:
         raise RobustlibError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise RobustlibError(f"unknown lr_schedule {lr_schedule!r}; use {', '.join(LR_SCHEDULES)}")
     if isinstance(objective, str):
         if objective not in OBJECTIVES:
             raise RobustlibError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -210,6 +231,117 @@ def _check_fit_args(objective, adversary, replay, clean_weight, precision) -> Ca
     return objective
 
 
+def _check_name(name) -> None:
+    """A run's name names files inside ``run_dir/checkpoints`` and ``run_dir/metrics``, never a path."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+=-]+", name) or ".." in name:
+        raise RobustlibError(f"name {name!r} must be letters, digits or _.+=- without '..' (it names files in "
+                             f"run_dir/checkpoints, never a path); pass a plain name like 'madry-s0'")
+
+
+SCALARS = (bool, int, float, str, type(None))
+
+
+def _scalar(value):
+    return value if isinstance(value, SCALARS) else type(value).__qualname__
+
+
+def objective_id(objective) -> str | dict:
+    """What names an objective in a checkpoint: its ``OBJECTIVES`` name (else ``module.qualname``) for a
+    function; for a ``partial``, that and its arguments; for an instance, its class and its public scalar
+    settings, less the state it checkpoints itself (``Constrained``'s λ)."""
+    if isinstance(objective, functools.partial):
+        return {"fn": objective_id(objective.func), **({"args": [_scalar(a) for a in objective.args]}
+                                                       if objective.args else {}),
+                **{k: _scalar(v) for k, v in sorted(objective.keywords.items())}}
+    registered = next((k for k, fn in OBJECTIVES.items() if fn is objective), None)
+    if registered:
+        return registered
+    if inspect.isroutine(objective):
+        return f"{objective.__module__}.{objective.__qualname__}"
+    state = objective.state_dict() if hasattr(objective, "state_dict") else {}
+    return {"class": type(objective).__qualname__,
+            **{k: v for k, v in sorted(getattr(objective, "__dict__", {}).items())
+               if not k.startswith("_") and k not in state and isinstance(v, SCALARS)}}
+
+
+def _adversary_id(adversary) -> dict | None:
+    if adversary is None:
+        return None
+    if not isinstance(adversary, Adversary):
+        return {"describe": adversary.describe()} if hasattr(adversary, "describe") else {
+            "class": type(adversary).__qualname__}
+    eps = dataclasses.asdict(adversary.eps) if isinstance(adversary.eps, EpsSchedule) else float(adversary.eps)
+    return {"describe": adversary.describe(), "attack": adversary.attack, "eps": eps,
+            "settings": {k: _scalar(v) for k, v in sorted(adversary.settings.items())}}
+
+
+def _architecture(model: nn.Module) -> str:
+    return f"{type(model).__qualname__}({', '.join(type(m).__qualname__ for m in model.children())})"
+
+
+def fit_record(model: nn.Module, objective, adversary, *, epochs, lr, momentum, weight_decay, lr_schedule,
+               milestones, replay, clean_weight, precision, seed) -> dict:
+    """What a run of :func:`fit` depends on, as JSON values: its arguments (the milestones only where the
+    schedule reads them) and the model's class; its checkpoint's state_dict holds the parameters' shapes."""
+    return _plain({"model": _architecture(model), "epochs": epochs, "lr": lr, "momentum": momentum,
+                   "weight_decay": weight_decay, "lr_schedule": lr_schedule,
+                   "milestones": list(milestones) if lr_schedule == "multistep" else None,
+                   "objective": objective_id(objective), "adversary": _adversary_id(adversary), "replay": replay,
+                   "clean_weight": clean_weight, "precision": precision, "seed": seed})
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict) and "describe" in value:
+        return value["describe"]
+    if isinstance(value, dict):
+        head = value.get("fn", value.get("class"))
+        return f"{head}({', '.join(f'{k}={v!r}' for k, v in value.items() if k not in ('fn', 'class'))})"
+    return repr(value)
+
+
+def _differs(path, made: dict, now: dict, fix: str) -> RobustlibError | None:
+    """The refusal of a resume whose call differs from the one that made the checkpoint, naming every
+    argument that differs (as JSON where the short forms read alike)."""
+    keys = [k for k in (*FIT_ARGS, *sorted((set(made) | set(now)) - {"model", *FIT_ARGS}))
+            if made.get(k) != now.get(k)]
+    if not keys:
+        return None
+
+    def call(args, other):
+        shown = [(k, _shown(args.get(k)), _shown(other.get(k))) for k in keys]
+        return "fit(" + ", ".join(f"{k}={(a if a != b else json.dumps(args.get(k), sort_keys=True))[:100]}"
+                                  for k, a, b in shown) + ", ...)"
+    return RobustlibError(f"{path} was made by {call(made, now)}, not {call(now, made)}; {fix}")
+
+
+def _model_differs(state: dict, model: nn.Module) -> str | None:
+    """How the checkpoint's model differs from ``model``: its class, a parameter's name or shape."""
+    made_arch, now_arch = (state.get("fit_args") or {}).get("model"), _architecture(model)
+    if made_arch and made_arch != now_arch:
+        return f"model differs ({made_arch} in the checkpoint, {now_arch} here)"
+    made = {k: tuple(v.shape) for k, v in state["state_dict"].items()}
+    now = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k in made:
+        if k not in now:
+            return f"model architecture differs ({k} is in the checkpoint, not in this model)"
+        if made[k] != now[k]:
+            return f"model architecture differs ({k} is {made[k]} in the checkpoint, {now[k]} here)"
+    extra = next((k for k in now if k not in made), None)
+    return f"model architecture differs ({extra} is in this model, not in the checkpoint)" if extra else None
+
+
+def _why_not_finite(model: nn.Module, x: torch.Tensor, name: str, epoch: int) -> str | None:
+    """Why a loss is not finite, before this step: the batch or the weights (``None``: neither)."""
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:
+        return f"{name}: the batch holds {bad} non-finite pixels (NaN/inf) in epoch {epoch + 1}; clean the data"
+    weight = first_nonfinite(model.state_dict().items())
+    if weight:
+        return (f"{name}: the model's weights became non-finite during training ({weight} holds NaN/inf before a "
+                f"step of epoch {epoch + 1}); lower the learning rate")
+    return None
+
+
 def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, name: str, epoch: int) -> dict:
     """One pass over the loader; returns the per-sample means of the loss, the accuracy and the loss parts."""
     model.train()
@@ -219,14 +351,21 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, nam
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         steps = updates(model, x, y)
         while True:
-            with autocast:
-                out = next(steps, None)
+            try:
+                with autocast:
+                    out = next(steps, None)
+            except ValueError:            # an attack refusing the batch or the logits: name the cause in fit's words
+                why = _why_not_finite(model, x, name, epoch)
+                if why:
+                    raise RobustlibError(why) from None
+                raise
             if out is None:
                 break
             loss, logits, parts = out
             if not torch.isfinite(loss):
-                raise RobustlibError(f"{name}: the loss became {loss.item()} in epoch {epoch + 1}; "
-                                     f"lower the learning rate")
+                raise RobustlibError(_why_not_finite(model, x, name, epoch) or
+                                     f"{name}: the loss became {loss.item()} in epoch {epoch + 1} (the batch and "
+                                     f"the weights are finite); lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,13 +382,39 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, nam
     return {k: (v / counts[k]).item() for k, v in sums.items()}
 
 
-def _resume(last_path: Path, model, opt, sched, objective, meta: dict, epochs: int, name: str):
-    """Load the last complete epoch of an interrupted run: (history, first epoch to train)."""
-    state = load_torch(last_path)
-    check_checkpoint(state, last_path, expect=meta, settings=meta.get("settings"))
+def _resumable(last_path: Path, model: nn.Module, meta: dict, epochs: int, fix: str) -> dict:
+    """The last complete epoch of an interrupted run, once it is known to continue this call; touches nothing.
+
+    Refused, naming ``fix``: a file that is not a checkpoint of this run (format, identity, profile
+    settings), non-finite weights, another model (class, parameter names and shapes), other fit arguments.
+    A checkpoint written before fit arguments were recorded resumes only for a profile's run (``meta``
+    with ``settings``, which then cover what it trained with); for a plain call nothing could be checked.
+    """
+    try:
+        state = load_torch(last_path)
+    except RobustlibError as e:
+        raise RobustlibError(f"{str(e).rsplit('; ', 1)[0]}; {fix}") from None       # fit's way out, not io's
+    check_checkpoint(state, last_path, expect=meta, settings=meta.get("settings"), fix=None if fix == RETRAIN else fix)
+    bad = first_nonfinite(state["state_dict"].items())
+    if bad:
+        raise RobustlibError(f"{last_path} holds non-finite weights (NaN/inf) in {bad}; {fix}")
+    differs = _model_differs(state, model)
+    if differs:
+        raise RobustlibError(f"{last_path} was made for another model: {differs}; {fix}")
+    if "fit_args" in state:
+        refusal = _differs(last_path, _plain(state["fit_args"]), meta["fit_args"], fix)
+        if refusal:
+            raise refusal
+    elif "settings" not in meta:
+        raise RobustlibError(f"{last_path} records no fit arguments (it predates them), so this call cannot be "
+                             f"checked against it; {fix}")
     if int(state.get("epochs_total", epochs)) != epochs:
-        raise RobustlibError(f"{last_path} belongs to a {state['epochs_total']}-epoch run, not {epochs}; pass "
-                             f"retrain=True (or --retrain) to start again, or use another run_dir")
+        raise RobustlibError(f"{last_path} belongs to a {state['epochs_total']}-epoch run, not {epochs}; {fix}")
+    return state
+
+
+def _resume(state: dict, last_path: Path, model, opt, sched, objective, epochs: int, name: str):
+    """Continue from a checked checkpoint (:func:`_resumable`): (history, first epoch to train)."""
     model.load_state_dict(state["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -325,22 +490,40 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     device, precision : where and how to compute (``"fp32"`` or ``"bf16"`` autocast).
     run_dir, name, meta : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
         (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
-        ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`). A second call
-        with the same arguments resumes from ``<name>.last.pt``.
+        ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`) and the call
+        (``fit_args``, :func:`fit_record`). ``name`` is a file name (letters, digits, ``_.+=-``), never a path.
+    resume : a second call with the same arguments resumes from ``<name>.last.pt`` (a finished run returns
+        its history). A call with other arguments (lr, objective, adversary, epochs, ...) or another model
+        architecture is refused, naming what differs, before the model is touched; ``resume=False`` trains
+        from scratch and overwrites the run.
+
+    A model whose weights are not finite is refused before training; a loss that is not finite names its
+    cause (the batch, the weights, else the learning rate).
 
     Returns
     -------
     DataFrame, one row per epoch: epoch, lr, train_loss, train_acc, the objective's parts, the evaluation.
     """
-    objective = _check_fit_args(objective, adversary, replay, clean_weight, precision)
+    objective = _check_fit_args(objective, adversary, replay, clean_weight, precision, lr_schedule)
+    if run_dir:
+        _check_name(name)
+    meta = dict(meta or {})
+    fix = RETRAIN if "settings" in meta else RESTART       # a profile's run is retrained by its notebook
+    meta["fit_args"] = fit_record(model, objective, adversary, epochs=epochs, lr=lr, momentum=momentum,
+                                  weight_decay=weight_decay, lr_schedule=lr_schedule, milestones=milestones,
+                                  replay=replay, clean_weight=clean_weight, precision=precision, seed=seed)
+    last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
+    state = _resumable(last_path, model, meta, epochs, fix) if last_path and resume and last_path.exists() else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
                                 lr_schedule=lr_schedule, milestones=milestones)
-    meta, history, start = dict(meta or {}), [], 0
-    last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
-    if last_path is not None and resume and last_path.exists():
-        history, start = _resume(last_path, model, opt, sched, objective, meta, epochs, name)
+    history, start = _resume(state, last_path, model, opt, sched, objective, epochs, name) if state else ([], 0)
+    weight = first_nonfinite(model.state_dict().items())
+    if weight:
+        raise RobustlibError(f"{name}: the model's weights were already non-finite before epoch {start + 1} "
+                             f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
+                             f"the checkpoint it came from)")
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision]
                 else contextlib.nullcontext())
     bar = tqdm(range(start, epochs), desc=name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
@@ -370,7 +553,9 @@ def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
     """The run's checkpoint if it was made with ``meta``'s settings (refused, naming the changed field, if not).
 
     Returns ``(model, history, best model or None)``, or ``None`` when the run must be trained: no
-    checkpoint yet, or ``retrain`` (which first removes its stale files).
+    checkpoint yet, or ``retrain`` (which first removes its stale files). The history is the run's metrics
+    CSV; where that is missing or unreadable (a 0-byte file), the copy its finished ``.last.pt`` keeps,
+    written back to the CSV with a one-line warning; unreadable with no such copy, a one-line error.
     """
     final = cfg.path("checkpoints", f"{name}.pt")
     if retrain:
@@ -378,9 +563,43 @@ def load_run(cfg, name: str, meta: dict, *, retrain: bool = False):
             cfg.path("checkpoints", f"{name}.{suffix}").unlink(missing_ok=True)
     if not final.exists():
         return None
-    model, _ = load_checkpoint(final, expect=_identity(meta), settings=meta["settings"], device=cfg.device)
-    metrics = cfg.path("metrics", f"{name}.csv")
-    return model, (pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()), load_best(cfg, name, meta)
+    model, made = load_checkpoint(final, expect=_identity(meta), settings=meta["settings"], device=cfg.device)
+    return model, _history(cfg, name, meta, made.get("metrics")), load_best(cfg, name, meta)
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)   # NaN == NaN
+
+
+def _history(cfg, name: str, meta: dict, last_row) -> pd.DataFrame:
+    """The run's per-epoch metrics (see :func:`load_run`); ``last_row`` is the final checkpoint's record of
+    its last epoch, which the recovered history must end with."""
+    path, reason = cfg.path("metrics", f"{name}.csv"), None
+    if path.exists():
+        try:
+            history = pd.read_csv(path)
+            if "epoch" in history and len(history):
+                return history
+            reason = "it holds no epochs"
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    last, kept = cfg.path("checkpoints", f"{name}.last.pt"), None
+    if last.exists():
+        with contextlib.suppress(RobustlibError):
+            state = load_torch(last)
+            check_checkpoint(state, last, expect=_identity(meta), settings=meta["settings"])
+            rows = state.get("history") or []
+            if rows and state.get("epoch") == state.get("epochs_total") and _same(rows[-1], last_row):
+                kept = rows
+    if kept is None:
+        if reason is None:
+            return pd.DataFrame()            # no CSV and no copy of it: a checkpoint that keeps no history
+        raise RobustlibError(f"cannot read {path} ({reason}) and no finished {last.name} keeps a copy; delete it "
+                             f"and pass retrain=True to train {name} again (its .pt keeps only the last epoch)")
+    write_csv(path, pd.DataFrame(kept))
+    print(f"warning: {path} was {'missing' if reason is None else f'unreadable ({reason})'}; "
+          f"rebuilt it from the history in {last}")
+    return pd.read_csv(path)                 # as it reads from now on
 
 
 def _identity(meta: dict) -> dict:

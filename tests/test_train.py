@@ -126,7 +126,7 @@ def test_a_changed_dra_budget_retrains_ours_but_keeps_the_pgd_baselines(tmp_path
 def test_resuming_with_another_number_of_epochs_is_refused(tmp_path):
     model, loader, _ = _setup()
     fit(model, loader, epochs=2, lr=0.05, progress=False, run_dir=tmp_path, name="m")
-    with pytest.raises(RobustlibError, match="belongs to a 2-epoch run, not 3"):
+    with pytest.raises(RobustlibError, match=r"was made by fit\(epochs=2, \.\.\.\), not fit\(epochs=3, \.\.\.\); pass resume=False"):
         fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path, name="m")
 
 
@@ -204,3 +204,58 @@ def test_a_checkpoint_of_an_older_recipe_is_refused_with_the_way_out(tmp_path):
         check_checkpoint(old, "ours-s0.pt", expect={"kind": "ours-s0", "recipe": RECIPE})
     check_checkpoint({**old, "recipe": RECIPE}, "ours-s0.pt", expect={"kind": "ours-s0", "recipe": RECIPE})
     check_checkpoint(old, "vanilla.pt", expect={"kind": "ours-s0"})         # theta_std records no recipe
+
+
+_KILLED_RUN = """
+import sys, time, pathlib, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from tests.test_train import _setup
+from robustlib.train import fit
+model, loader, _ = _setup()
+def stall_in_epoch_three(m, calls=[]):
+    calls.append(1)
+    if len(calls) == 3:                       # epochs 1 and 2 are on disk: wait here to be killed
+        pathlib.Path({marker!r}).write_text("ready")
+        time.sleep(600)
+    return {{}}
+fit(model, loader, epochs=4, lr=0.05, progress=False, run_dir={run!r}, name="m", evaluate=stall_in_epoch_three)
+"""
+
+
+def test_kill_9_mid_run_then_resume_is_bit_identical(tmp_path):
+    """A real SIGKILL in the middle of epoch 3 (after its training, before its checkpoint): the same call
+    afterwards resumes from epoch 2 and ends with exactly the weights of a run never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)              # the same arithmetic in the killed process and here
+    try:
+        model, loader, _ = _setup()
+        fit(model, loader, epochs=4, lr=0.05, progress=False, run_dir=tmp_path / "ref", name="m",
+            evaluate=lambda m: {})
+        ref = {k: v.clone() for k, v in model.state_dict().items()}
+
+        marker, run = tmp_path / "ready", tmp_path / "killed"
+        code = _KILLED_RUN.format(root=str(Path(__file__).resolve().parent.parent), marker=str(marker), run=str(run))
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        t0 = time.time()
+        while not marker.exists() and proc.poll() is None and time.time() - t0 < 120:
+            time.sleep(0.1)
+        assert marker.exists(), "the training process never reached epoch 3"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert torch.load(run / "checkpoints" / "m.last.pt", weights_only=True)["epoch"] == 2
+
+        model, loader, _ = _setup()
+        hist = fit(model, loader, epochs=4, lr=0.05, progress=False, run_dir=run, name="m", evaluate=lambda m: {})
+        assert list(hist.epoch) == [1, 2, 3, 4]
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ref[k]), k
+    finally:
+        torch.set_num_threads(threads)
