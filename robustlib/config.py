@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS
-from .io import RobustlibError, ensure_dir
+from .io import RobustlibError, check_not_in_use, ensure_dir
 from .models import MODELS
 from .profiles import FIELD_TYPES, PROFILES, Profile
 
@@ -243,6 +243,7 @@ def setup(
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
     if data_root in (None, ""):
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
+    check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
     return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}))

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -83,7 +84,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_read_umask())      # mkstemp makes 0600; a written file gets the usual mode
+        if hasattr(os, "fchmod"):                  # mkstemp makes 0600; a written file gets the usual mode
+            os.fchmod(fd, 0o666 & ~_read_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
@@ -113,12 +115,17 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete what interrupted writers left under ``directory``: :func:`atomic_open`'s ``.<name>.*.tmp`` files
-    and partly executed notebooks (``*.partial.ipynb``); returns how many. Only safe under :func:`run_lock`,
-    which proves that no other run is writing there."""
-    stale = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
-    stale += [p for p in Path(directory).rglob("*.partial.ipynb") if p.is_file()]
+# what atomic_open's mkstemp names (".<name>.<8 random characters>.tmp") and run.py's partial notebooks
+_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\..+\.partial\.ipynb")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, subfolders=()) -> int:
+    """Delete what interrupted writers left in ``directory`` and in its ``subfolders`` (one level each, never
+    deeper: a run directory nested inside is another run's): :func:`atomic_open`'s ``.<name>.XXXXXXXX.tmp``
+    files and partly executed notebooks (``.<stem>.<pid>.partial.ipynb``); returns how many. Only safe under
+    :func:`run_lock`, which proves that no other run is writing there."""
+    folders = [Path(directory), *(Path(directory) / s for s in subfolders)]
+    stale = [p for f in folders if f.is_dir() for p in f.iterdir() if p.is_file() and _STALE.fullmatch(p.name)]
     for p in stale:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -132,13 +139,58 @@ def _command() -> str:
     return " ".join(argv) or "python"
 
 
+LOCK_ENV = "ROBUSTLIB_LOCK_HOLDER"   # the pid of the run that holds the lock, for the kernels it starts
+
+
+def _holder(fd: int) -> dict:
+    try:
+        h = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    except (OSError, ValueError):
+        h = {}
+    return h if isinstance(h, dict) else {}
+
+
+def _in_use(run_dir: Path, h: dict) -> RobustlibError:
+    host = f" on {h['host']}" if h.get("host") not in (None, socket.gethostname()) else ""
+    return RobustlibError(f"run directory {run_dir} is in use by pid {h.get('pid', '?')}{host} "
+                          f"({h.get('command', '?')}, started {h.get('started', '?')}); wait for it, "
+                          f"or pass another --run-dir (run_dir=)")
+
+
+def check_not_in_use(run_dir: str | os.PathLike) -> None:
+    """Refuse (one line) to work in ``run_dir`` while another process holds its :func:`run_lock`, unless that
+    process is the run that started this one (``LOCK_ENV``). Takes nothing: two notebooks opened by hand
+    may share a directory, a notebook and ``make run`` may not."""
+    path = Path(run_dir).expanduser().resolve() / ".lock"
+    if fcntl is None or not path.is_file() or path.parent in _HELD:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)     # a shared probe: fails only under an exclusive holder
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        h = _holder(fd)
+        if str(h.get("pid")) != os.environ.get(LOCK_ENV):
+            raise _in_use(path.parent, h) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 _HELD: dict[Path, int] = {}     # run directories this process holds, and how deep: run_lock is re-entrant
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold the run directory for the block: one run (``python -m robustlib run``, a script, a notebook) at a
-    time, so two never train the same checkpoints or overwrite each other's files.
+    """Hold the run directory for the block: one run at a time, so two never train the same checkpoints or
+    overwrite each other's files. ``python -m robustlib run`` holds it for its whole life (its notebooks'
+    kernels are its own: ``LOCK_ENV`` names it to them); a script may take it too. A notebook opened by hand
+    does not take it, but :func:`robustlib.config.setup` refuses to start while another process holds it
+    (:func:`lock_holder`).
 
     An exclusive ``flock`` on ``<run_dir>/.lock``, which holds the holder's pid, host, command and start time.
     A second holder fails at once with a one-line :class:`RobustlibError` naming the first. The OS releases
@@ -170,19 +222,12 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            h = json.loads(os.pread(fd, 65536, 0) or b"{}")
-        except (OSError, ValueError):
-            h = {}
+        h = _holder(fd)
         os.close(fd)
-        h = h if isinstance(h, dict) else {}
-        host = f" on {h['host']}" if h.get("host") not in (None, socket.gethostname()) else ""
-        raise RobustlibError(f"run directory {run_dir} is in use by pid {h.get('pid', '?')}{host} "
-                             f"({h.get('command', '?')}, started {h.get('started', '?')}); wait for it, "
-                             f"or pass another --run-dir") from None
+        raise _in_use(run_dir, h) from None
     except OSError as e:
         os.close(fd)
-        raise RobustlibError(f"cannot lock {path} ({e.strerror}); put the run directory on a local file system")
+        raise RobustlibError(f"cannot lock {path} ({e.strerror}); put the run directory on a local file system") from None
     try:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -224,6 +224,7 @@ class Constrained:
     lam: float = 1.0
     lam_lr: float = 1.0
     concat_only = True
+    derived = ("std_loss",)      # measured on θ_std at run time: not part of what identifies a run (train.objective_id)
 
     @classmethod
     def for_theta_std(cls, theta_std: nn.Module, data: tuple, **kwargs) -> "Constrained":

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .attacks import PGD_STEP_FACTOR
-from .evaluate import attack_subset, predict, run_attack
+from .evaluate import PAPER_STEPS, attack_subset, predict, run_attack
 from .profiles import parse_eps
 
 RISE = 0.02        # robust accuracy may not rise by more than this from one eps to the next
@@ -63,9 +63,10 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | N
     """The two attacks the checks add to a table, on ``n`` images of ``x`` drawn like AutoAttack's
     (:func:`~robustlib.evaluate.attack_subset` with ``seed``; all of ``x`` if ``n`` is None).
 
-    Returns ``{"pgd-100x5@<eps> (aa)": ..., "pgd-100@0.5 (aa)": ...}``: robust accuracy (correct clean and under
-    every restart) of PGD-100 (step 2.5*eps/100) with 5 seeded random restarts at ``eps``, and of PGD-100 from
-    the clean point at eps 0.5.
+    Returns ``{"pgd-rs@<eps> (aa)": ..., "pgd-100x5@<eps> (aa)": ..., "pgd-100@0.5 (aa)": ...}``: robust accuracy
+    (correct clean and attacked) of PGD-20 with a random start (the ``pgd-rs`` protocol, the baseline of the
+    ``restarts`` check), of PGD-100 (step 2.5*eps/100) with 5 seeded random restarts at ``eps`` (robust under
+    every restart), and of PGD-100 from the clean point at eps 0.5.
     """
     eps_value, label = parse_eps(eps)
     y = y.cpu()
@@ -73,13 +74,16 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | N
         idx = attack_subset(len(y), min(n, len(y)), seed)
         x, y = x[idx], y[idx]
     ok = predict(model, x) == y
+    xa = run_attack("pgd", model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
+                    random_start=True, seed=seed, batch_size=batch_size)     # the pgd-rs protocol, on these images
+    short = ok & (predict(model, xa) == y)
     long = dict(steps=LONG_STEPS, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
     restarts = ok.clone()
     for r in range(RESTARTS):     # every restart on every image: the worst case per image
         xa = run_attack("pgd", model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
         restarts &= predict(model, xa) == y
     xa = run_attack("pgd", model, x, y, eps=LARGE_EPS, random_start=False, **long)
-    return {restarts_column(label): restarts.float().mean().item(),
+    return {f"pgd-rs@{label} (aa)": short.float().mean().item(), restarts_column(label): restarts.float().mean().item(),
             large_column(): (ok & (predict(model, xa) == y)).float().mean().item()}
 
 
@@ -139,8 +143,10 @@ def flags(table: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
         found = check_row(row)
         measured = [str(c) for c, v in row.items() if pd.notna(v)]
         have = {"rises": len(_curve(row, "pgd")) > 1 or len(_curve(row, "pgd-rs")) > 1,
-                "restarts": any(c.startswith(f"pgd-{LONG_STEPS}x") for c in measured),
-                "autoattack": any(c.startswith("strong@") for c in measured),
+                "restarts": any(c.startswith(f"pgd-{LONG_STEPS}x") and f"pgd-rs@{c.partition('@')[2]}" in measured
+                                for c in measured),
+                "autoattack": any(c.startswith("strong@") and f"pgd-rs@{c.partition('@')[2]} (aa)" in measured
+                                  for c in measured),
                 "large_eps": large_column() in measured}
         have["flat"] = have["rises"]
         rows.append({**{k: row[k] for k in keys},
@@ -152,9 +158,10 @@ def flags(table: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
 def add_probes(table: pd.DataFrame, models: dict, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None,
                seed: int = 0) -> pd.DataFrame:
     """``table`` (one row per model of ``models``, in order, as :func:`~robustlib.evaluate.evaluate_table`
-    returns it) with the :func:`probe` columns added, measured on the same AutoAttack images."""
+    returns it) with the :func:`probe` columns it lacks added, measured on the same AutoAttack images (a table
+    with AutoAttack keeps its own ``pgd-rs@<eps> (aa)``: the same attack, seed and images)."""
     extra = pd.DataFrame([probe(m, x, y, eps=eps, n=n, seed=seed) for m in models.values()], index=table.index)
-    return pd.concat([table, extra], axis=1)
+    return pd.concat([table, extra[[c for c in extra.columns if c not in table.columns]]], axis=1)
 
 
 def summary(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

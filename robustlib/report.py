@@ -472,7 +472,8 @@ def _ledger(cfg: RunConfig, timings: dict, tables: Tables) -> list[str]:
 def _masking(tables: Tables) -> list[str]:
     """Gradient-masking checks (:func:`robustlib.masking.summary`) on every robustness table of the run."""
     found = masking.summary({n: df for n, df in tables.items()
-                             if not n.endswith("_std.csv") and n.replace(".csv", "_per_seed.csv") not in tables})
+                             if not n.endswith(("_std.csv", "_vs_paper.csv"))
+                             and n.replace(".csv", "_per_seed.csv") not in tables})
     if found.empty:
         return []
     return ["## Gradient-masking checks", "",

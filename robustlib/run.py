@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .io import RobustlibError, ensure_dir, read_json, remove_stale_temporaries, run_lock, write_json
+from .io import LOCK_ENV, RobustlibError, ensure_dir, read_json, remove_stale_temporaries, run_lock, write_json
 from .config import SMOKE_ENV, repo_root, setup, smoke_requested
 from . import data, report
 
-OUTPUT_DIRS = ("notebooks", "figures", "tables", "metrics", "checkpoints")
+OUTPUT_DIRS = ("notebooks", "figures", "tables", "metrics", "checkpoints", "attack_state")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -111,8 +111,9 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
     sockets = tempfile.mkdtemp(prefix="robustlib-kernel-")
     try:
         with run_lock(cfg.run_dir):
+            os.environ[LOCK_ENV] = str(os.getpid())     # the kernels are this run's: their setup may proceed
             check_outputs(cfg)
-            stale = remove_stale_temporaries(cfg.run_dir)
+            stale = remove_stale_temporaries(cfg.run_dir, OUTPUT_DIRS)
             if stale:
                 print(f"removed {stale} temporary file(s) left in {cfg.run_dir} by an interrupted run", flush=True)
             _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,

@@ -248,7 +248,10 @@ def _scalar(value):
 def objective_id(objective) -> str | dict:
     """What names an objective in a checkpoint: its ``OBJECTIVES`` name (else ``module.qualname``) for a
     function; for a ``partial``, that and its arguments; for an instance, its class and its public scalar
-    settings, less the state it checkpoints itself (``Constrained``'s λ)."""
+    settings, less the state it checkpoints itself (``Constrained``'s λ) and the values it lists as ``derived``
+    (measured at run time, like ``Constrained.std_loss`` from θ_std, which a run's ``meta`` identifies).
+
+    Functions are told apart by name only: two lambdas, or two functions of one name, read alike."""
     if isinstance(objective, functools.partial):
         return {"fn": objective_id(objective.func), **({"args": [_scalar(a) for a in objective.args]}
                                                        if objective.args else {}),
@@ -258,10 +261,10 @@ def objective_id(objective) -> str | dict:
         return registered
     if inspect.isroutine(objective):
         return f"{objective.__module__}.{objective.__qualname__}"
-    state = objective.state_dict() if hasattr(objective, "state_dict") else {}
+    skip = {*(objective.state_dict() if hasattr(objective, "state_dict") else {}), *getattr(objective, "derived", ())}
     return {"class": type(objective).__qualname__,
             **{k: v for k, v in sorted(getattr(objective, "__dict__", {}).items())
-               if not k.startswith("_") and k not in state and isinstance(v, SCALARS)}}
+               if not k.startswith("_") and k not in skip and isinstance(v, SCALARS)}}
 
 
 def _adversary_id(adversary) -> dict | None:
@@ -280,10 +283,12 @@ def _architecture(model: nn.Module) -> str:
 
 
 def fit_record(model: nn.Module, objective, adversary, *, epochs, lr, momentum, weight_decay, lr_schedule,
-               milestones, replay, clean_weight, precision, seed) -> dict:
+               milestones, replay, clean_weight, precision, seed, batches: int | None = None) -> dict:
     """What a run of :func:`fit` depends on, as JSON values: its arguments (the milestones only where the
-    schedule reads them) and the model's class; its checkpoint's state_dict holds the parameters' shapes."""
-    return _plain({"model": _architecture(model), "epochs": epochs, "lr": lr, "momentum": momentum,
+    schedule reads them), the model's class and the loader's number of batches (where it has a length); its
+    checkpoint's state_dict holds the parameters' shapes. The data themselves are not fingerprinted: another
+    dataset of as many batches reads alike (a profile's runs record the fields that choose their images)."""
+    return _plain({"model": _architecture(model), "batches": batches, "epochs": epochs, "lr": lr, "momentum": momentum,
                    "weight_decay": weight_decay, "lr_schedule": lr_schedule,
                    "milestones": list(milestones) if lr_schedule == "multistep" else None,
                    "objective": objective_id(objective), "adversary": _adversary_id(adversary), "replay": replay,
@@ -493,8 +498,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`) and the call
         (``fit_args``, :func:`fit_record`). ``name`` is a file name (letters, digits, ``_.+=-``), never a path.
     resume : a second call with the same arguments resumes from ``<name>.last.pt`` (a finished run returns
-        its history). A call with other arguments (lr, objective, adversary, epochs, ...) or another model
-        architecture is refused, naming what differs, before the model is touched; ``resume=False`` trains
+        its history). A call with other arguments (lr, objective, adversary, epochs, ...), another number of
+        batches per epoch or another model architecture is refused, naming what differs, before the model is touched; ``resume=False`` trains
         from scratch and overwrites the run.
 
     A model whose weights are not finite is refused before training; a loss that is not finite names its
@@ -511,7 +516,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     fix = RETRAIN if "settings" in meta else RESTART       # a profile's run is retrained by its notebook
     meta["fit_args"] = fit_record(model, objective, adversary, epochs=epochs, lr=lr, momentum=momentum,
                                   weight_decay=weight_decay, lr_schedule=lr_schedule, milestones=milestones,
-                                  replay=replay, clean_weight=clean_weight, precision=precision, seed=seed)
+                                  replay=replay, clean_weight=clean_weight, precision=precision, seed=seed,
+                                  batches=len(train_loader) if hasattr(train_loader, "__len__") else None)
     last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
     state = _resumable(last_path, model, meta, epochs, fix) if last_path and resume and last_path.exists() else None
     device = torch.device(device) if device is not None else next(model.parameters()).device

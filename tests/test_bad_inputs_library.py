@@ -197,6 +197,7 @@ def same(a, b):
     (dict(objective="madry", adversary=Adversary("pgd", eps=0.1, steps=1)),
      r"made by fit\(objective='clean', adversary=None, \.\.\.\), not fit\(objective='madry', adversary=PGD-1 "),
     (dict(epochs=3), r"made by fit\(epochs=2, \.\.\.\), not fit\(epochs=3, \.\.\.\); pass resume=False"),
+    (dict(batches=BATCHES[:-1]), r"made by fit\(batches=\d+, \.\.\.\), not fit\(batches=\d+, \.\.\.\); pass resume"),
     (dict(model=partial(tiny, num_classes=5)), r"m.last.pt was made for another model: model architecture differs "
      r"\(net.classifier.3.weight is \(10, 128\) in the checkpoint, \(5, 128\) here\); pass resume=False"),
     (dict(model=lambda seed: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))),
@@ -210,18 +211,23 @@ def test_resuming_with_another_call_is_refused_before_the_model_or_the_files_cha
     model = change.pop("model", tiny)(seed=1)
     before = weights(model)
     assert before.keys() != saved.keys() or not same(before, saved)    # a load would show
+    batches = change.pop("batches", BATCHES)          # another loader: another number of batches per epoch
     args = {"epochs": 2, "lr": 0.05, **change}
     with pytest.raises(RobustlibError, match=message) as e:
-        fit(model, BATCHES, progress=False, run_dir=tmp_path, name="m", **args)
+        fit(model, batches, progress=False, run_dir=tmp_path, name="m", **args)
     assert len(str(e.value).splitlines()) == 1
     assert same(weights(model), before)
     assert files(tmp_path) == on_disk
 
 
 def test_the_same_call_resumes_whatever_objects_it_is_given_afresh(tmp_path, capsys):
+    calls = []
+
     def call(model):
         adversary = Adversary("dra", eps=EpsSchedule(1.0, 0.5, 2), steps=1, p=0.5)
-        objective = Constrained((X, Y), std_loss=2.3, lam_lr=0.5)          # its lambda is state, not a setting
+        # its lambda is state, its std_loss measured on theta_std (another device may round it otherwise)
+        objective = Constrained((X, Y), std_loss=2.3 + 1e-7 * len(calls), lam_lr=0.5)
+        calls.append(1)
         return fit(model, BATCHES, epochs=2, lr=0.05, objective=objective, adversary=adversary, progress=False,
                    run_dir=tmp_path, name="c"), objective
     first, objective = call(tiny())

@@ -137,6 +137,33 @@ def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
+def test_a_notebook_does_not_start_in_a_directory_another_run_holds(tmp_path, monkeypatch):
+    import robustlib
+    from robustlib.io import LOCK_ENV
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from robustlib.io import run_lock
+        lock = run_lock(sys.argv[1])
+        lock.__enter__()
+        print("locked", flush=True)
+        time.sleep(60)
+        """), str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.delenv(LOCK_ENV, raising=False)
+        with pytest.raises(RobustlibError, match=f"in use by pid {holder.pid} ") as e:   # a notebook opened by hand
+            robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+        assert len(str(e.value).splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+        monkeypatch.setenv(LOCK_ENV, str(holder.pid))        # a kernel that the holding run started
+        assert robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True).run_dir == tmp_path
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv(LOCK_ENV)
+    assert robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True).run_dir == tmp_path
+
+
 @pytest.fixture
 def fake_papermill(monkeypatch):
     """Notebooks that "execute" at once, writing their output; ``calls`` records them; ``hooks[stem]`` runs
@@ -182,7 +209,8 @@ def test_stale_temporaries_are_removed_under_the_lock(run_dir, fake_papermill, c
     stale = [run_dir / "figures" / ".x.png.k2j4h1ab.tmp", run_dir / "checkpoints" / ".vanilla.pt.a8f3k2l1.tmp",
              run_dir / "notebooks" / ".00_problem_formulation.12345.partial.ipynb",
              run_dir / "notebooks" / ".02_pretraining.partial.ipynb"]
-    kept = [run_dir / "figures" / "x.png", run_dir / "notes.tmp", run_dir / "checkpoints" / "vanilla.pt"]
+    kept = [run_dir / "figures" / "x.png", run_dir / "notes.tmp", run_dir / "checkpoints" / "vanilla.pt",
+            run_dir / "other" / "checkpoints" / ".m.pt.k2j4h1ab.tmp"]      # a run nested inside: not ours to clean
     for p in stale + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(p.read_bytes() if p.exists() else b"data")
@@ -234,10 +262,11 @@ def test_a_stop_signal_says_what_was_kept(sig, code, message, run_dir):
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=ROOT)
     try:
-        for _ in range(200):
+        for _ in range(1200):             # up to 60 s: a loaded machine imports slowly
             if marker.exists() or p.poll() is not None:
                 break
             time.sleep(0.05)
+        assert marker.exists(), "the run never reached notebook 01"
         p.send_signal(sig)
         out, err = p.communicate(timeout=20)
     finally:

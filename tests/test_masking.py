@@ -29,6 +29,14 @@ def test_each_check_fires_on_its_numbers_and_only_there(change, check):
     assert set(found) == {check}, found
 
 
+def test_restarts_and_autoattack_are_compared_on_the_same_images_or_not_at_all():
+    row = {k: v for k, v in HEALTHY.items() if k != "pgd-rs@0.1 (aa)"}      # no PGD-20 on the AutoAttack images
+    row["pgd-100x5@0.1 (aa)"] = 0.10                                       # far below pgd-rs@0.1, but on others
+    found = masking.flags(pd.DataFrame([row])).iloc[0]
+    assert found["masking"] == "none found" and found["not checked"] == "restarts, autoattack"
+    assert masking.summary({"t": pd.DataFrame([row])}).iloc[0]["checks run"] == "rises, flat, large_eps"
+
+
 def test_zero_robust_everywhere_is_not_flat_and_missing_numbers_are_not_passed():
     broken = pd.Series({**HEALTHY, "pgd@0.05": 0.0, "pgd@0.1": 0.0, "pgd@0.2": 0.0,
                         "pgd-rs@0.05": 0.0, "pgd-rs@0.1": 0.0, "pgd-rs@0.2": 0.0})
@@ -63,7 +71,9 @@ def digits_models(one_thread):
 def test_a_masked_model_raises_the_flags_and_its_unmasked_twin_none(digits_models):
     models, x, y = digits_models
     table = evaluate.evaluate_table(models, x, y, eps_list=("0.05", "0.1", "0.2"))
-    table = masking.add_probes(table, models, x, y, eps="0.1", n=60)
+    table = masking.add_probes(table, models, x, y, eps="0.1", n=60)    # a table without AutoAttack, as in 04
+    assert "pgd-rs@0.1 (aa)" in table                                       # the restarts' baseline, same images
+    assert set(masking.flags(table)["not checked"]) == {"autoattack"}
     found = masking.flags(table).set_index("method")["masking"]
     assert found["plain"] == "none found", table.round(3).to_dict("records")
     assert "flat" in found["quantised"] and "large_eps" in found["quantised"], found["quantised"]
