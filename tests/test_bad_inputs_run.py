@@ -115,7 +115,8 @@ def test_a_busy_run_directory_refuses_a_second_run(run_dir, fake_papermill):
     assert (run_dir / "notebooks" / "00_problem_formulation.ipynb").exists()
 
 
-def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
+def hold_lock(run_dir):
+    """Another process that holds ``run_dir``'s lock until killed (its pid is the holder's)."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
         from robustlib.io import run_lock
@@ -123,9 +124,14 @@ def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
         lock.__enter__()
         print("locked", flush=True)
         time.sleep(60)
-        """), str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        """), str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
+    holder = hold_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RobustlibError, match=f"in use by pid {holder.pid} \\(.*-c"):
             with run_lock(tmp_path):
                 pass
@@ -141,16 +147,8 @@ def test_a_notebook_does_not_start_in_a_directory_another_run_holds(tmp_path, mo
     import robustlib
     from robustlib.io import LOCK_ENV
 
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import sys, time
-        from robustlib.io import run_lock
-        lock = run_lock(sys.argv[1])
-        lock.__enter__()
-        print("locked", flush=True)
-        time.sleep(60)
-        """), str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    holder = hold_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         monkeypatch.delenv(LOCK_ENV, raising=False)
         with pytest.raises(RobustlibError, match=f"in use by pid {holder.pid} ") as e:   # a notebook opened by hand
             robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
