@@ -112,3 +112,16 @@ def test_augment_crop_is_a_translation_with_zero_fill_and_flip_mirrors():
     is_flip = [torch.equal(f, x[0].flip(2)) for f in flipped]
     is_same = [torch.equal(f, x[0]) for f in flipped]
     assert all(a or b for a, b in zip(is_flip, is_same)) and 10 < sum(is_flip) < 54
+
+
+def test_the_test_writers_make_official_files_the_loaders_read_at_full_size(tmp_path):
+    from tests.fakedata import write_cifar10, write_mnist
+    from robustlib.data import check_files
+
+    write_mnist(tmp_path, n_train=50, n_test=20)
+    write_cifar10(tmp_path, n_train=50, n_test=20)
+    for name, shape in (("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))):
+        check_files(name, tmp_path)
+        train, test = load_dataset(name, "train", tmp_path), load_dataset(name, "test", tmp_path)
+        assert tuple(train.x.shape) == (50, *shape) and tuple(test.x.shape) == (20, *shape)
+        assert train.x.dtype == torch.uint8 and set(train.y.tolist()) == set(range(10))
