@@ -47,6 +47,10 @@ def _check_images(x, what: str = "x") -> None:
     """Refuse a batch that is not float images in [0, 1]; NaN/inf first (they pass any range comparison)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"{what} must be a float tensor of images in [0, 1]; convert with x.float() / 255")
+    if x.dtype in (torch.float16, torch.bfloat16):     # just below 1 their steps are 1/2048 and 1/256
+        raise ValueError(f"{what} is {str(x.dtype).removeprefix('torch.')}: at half precision an attack's budget "
+                         f"cannot hold (8/255 is 8 bfloat16 steps just below 1); pass float32 images ({what}.float()) "
+                         f"and run the model under torch.autocast for speed")
     if not x.numel():
         return
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()           # NaN propagates: one sync for all three

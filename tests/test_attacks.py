@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlib import evaluate as E
-from robustlib.attacks import ATTACKS, autoattack, dra, fgsm, pgd
+from robustlib.attacks import ATTACKS, autoattack, dra, fgsm, input_gradient, pgd
 from robustlib.data import TensorLoader, load_dataset
 from robustlib.models import build_model
 from robustlib.train import fit
@@ -282,3 +282,24 @@ def test_strong_runs_on_a_random_subset_beside_pgd_rs_on_the_same_images():
     same = E.robust_accuracy(model, x[sub], y[sub], eps="0.05", protocol="pgd-rs", seed=0)[0]["robust_acc"]
     assert t.loc[0, "pgd-rs@0.05 (aa)"] == pytest.approx(same)           # pgd-rs on strong's own images
     assert t.loc[0, "strong@0.05"] <= t.loc[0, "pgd-rs@0.05 (aa)"] <= t.loc[0, "natural (aa)"] == 1.0
+
+
+def test_under_bf16_autocast_the_attacks_keep_their_bounds_and_half_precision_images_are_refused():
+    """The model may compute in bfloat16 (torch.autocast); the attacks' arithmetic stays float32 (the input
+    gradient of a float32 image is float32), so PGD's ball, DRA's L1 budget and its top-p mask still hold."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=3, image_size=32, width=4).eval()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert input_gradient(model, x, y).dtype == torch.float32
+        xa = pgd(model, x, y, eps=8 / 255, steps=3, step_factor=2.5, random_start=True)
+        xd = dra(model, x, y, eps=2.0, p=1 / 3, steps=3)
+    assert xa.dtype == xd.dtype == torch.float32
+    assert (xa - x).abs().max() <= 8 / 255 + 1e-7 and xa.min() >= 0 and xa.max() <= 1
+    d = (xd - x).flatten(1)
+    assert (d.abs().sum(1) <= 2.0 + 1e-5).all() and ((d != 0).sum(1) <= round(3072 / 3)).all()
+    assert (d != 0).any()                                   # it moved: the bounds are not held by doing nothing
+    for half in (torch.bfloat16, torch.float16):
+        with pytest.raises(ValueError, match="at half precision an attack's budget cannot hold") as e:
+            pgd(model, x.to(half), y, eps=8 / 255, steps=1, step_factor=1.0)
+        assert "\n" not in str(e.value)
