@@ -171,6 +171,9 @@ class Profile:
             width=min(self.width, 8) if self.width else self.width,
             expected_clean_acc=None,
             dra_min_effect=0.0,   # two epochs on 512 images: no evidence either way about a budget's effect
+            # as many attack steps as quick's (paper-mnist's 40 PGD and 20 DRA steps are the same code path)
+            at_steps=min(self.at_steps, 5),
+            dra_steps=min(self.dra_steps, 5),
             smoke=True,
         )
 
