@@ -118,7 +118,7 @@ def test_a_changed_dra_budget_retrains_ours_but_keeps_the_pgd_baselines(tmp_path
     with pytest.raises(RobustlibError, match="ours-s0.pt was trained with ft_eps_max=.*retrain=True"):
         train_method(wider, "ours", progress=False)
     steps = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
-                            overrides={"at_steps": cfg.profile.at_steps + 1})
+                            overrides={"at_steps": cfg.profile.at_steps - 1})
     with pytest.raises(RobustlibError, match="madry-s0.pt was trained with at_steps="):
         train_method(steps, "madry", progress=False)
 
