@@ -249,7 +249,7 @@ def effective_dimension(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: f
     With ``p < 1``, ``||g||_1^2 / ||g_k||_2^2`` for ``g_k`` the ``k = round(p N)`` largest ``|g|``: DRA's top-p
     mask keeps only those, so its step raises the loss by ``e ||g_k||_2^2 / ||g||_1``.
 
-    It is between 1 (all of the gradient on one value) and N (every value equal); NaN where the gradient is
+    It is between 1 (all of the gradient on one value) and N / p (every value equal; N for p = 1); NaN where the gradient is
     exactly zero (a saturated softmax), which medians should skip (``nanmedian``). To first order an L1 step
     of size e along ``g / ||g||_1`` raises the loss by ``e ||g||_2^2 / ||g||_1`` and an L-inf step of size r
     along ``sign(g)`` by ``r ||g||_1``, so DRA (p = 1) and PGD are equally strong when ``e / r = N_eff``.

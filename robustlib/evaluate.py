@@ -433,12 +433,22 @@ def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd
     """Mean and standard deviation over seeds of the accuracy columns (``natural...`` and every ``...@eps``).
 
     The standard deviation is the sample one (ddof=1), NaN where a group has a single seed (no spread is
-    claimed from one run).
+    claimed from one run). The mean table also says what each row rests on: ``seeds`` (runs averaged),
+    ``seeds (aa)`` (of them, those with the AutoAttack columns, ``... (aa)`` and ``strong@``, measured) and
+    the image counts (``images``, ``images-all``, ``images (aa)``) as :func:`evaluate_table` recorded them.
     """
     keys = list(keys)
     metrics = [c for c in per_seed.columns if c not in keys and (c.startswith("natural") or "@" in c)]
-    grouped = per_seed.groupby(keys, sort=False)[metrics]
-    return grouped.mean().reset_index(), grouped.std(ddof=1).where(grouped.count() > 1).reset_index()
+    grouped = per_seed.groupby(keys, sort=False)
+    mean = grouped[metrics].mean()
+    mean["seeds"] = grouped.size()
+    aa = [c for c in metrics if c.endswith("(aa)") or c.startswith("strong@")]
+    if aa:
+        mean["seeds (aa)"] = grouped[aa[0]].count()
+    counts = [c for c in per_seed.columns if c.startswith("images")]
+    if counts:
+        mean = mean.join(grouped[counts].max())
+    return mean.reset_index(), grouped[metrics].std(ddof=1).where(grouped[metrics].count() > 1).reset_index()
 
 
 def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:

@@ -522,8 +522,14 @@ def _settings(cfg: RunConfig, ran: dict, head: list[str]) -> list[str]:
                     "see *Exact settings*.")
         head.append("")
     calibration = read_json(Path(cfg.run_dir) / "calibration.json", default=None)
-    return md + ["Equal-strength calibration (`calibration.json`, notebook 01):", "",
-                 _pairs(calibration) if calibration else "*not produced*", ""]
+    md += ["Equal-strength calibration (`calibration.json`, notebook 01):", "",
+           _pairs(calibration) if calibration else "*not produced*", ""]
+    decision = read_json(Path(cfg.run_dir) / "dra_budget.json", default=None)
+    if decision:    # dra_budget = "paper": how Section V-C's point decided the reading of DRA's eps
+        shown = {k: v for k, v in decision.items() if k != "readings"}
+        md += ["The reading of DRA's eps decided by Section V-C's calibration point (`dra_budget.json`, notebook 01):",
+               "", _pairs(shown), "", markdown_table(pd.DataFrame(decision.get("readings", []))), ""]
+    return md
 
 
 def _software_and_times(timings: dict) -> list[str]:

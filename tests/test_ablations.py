@@ -69,6 +69,8 @@ def test_train_grid_and_mean_std(tmp_path):
     assert (ckpt / "ours-p1-s0.pt").stat().st_mtime_ns > before["ours-p1-s0.pt"]
     mean, std = mean_std(per_seed)
     assert list(mean["method"]) == ["p = 1/3", "p = 1"] and "p" not in mean.columns
+    # each row says what it rests on: the seeds averaged and the images every column was measured on
+    assert list(mean["seeds"]) == [2, 2] and list(mean["images"]) == [len(y)] * 2 and "seeds" not in std.columns
     sel = per_seed[per_seed.method == "p = 1"]["natural"]
     assert mean.loc[1, "natural"] == pytest.approx(sel.mean()) and std.loc[1, "natural"] == pytest.approx(sel.std(ddof=1))
     one_seed = mean_std(per_seed[per_seed.seed == 0])[1]

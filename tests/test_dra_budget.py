@@ -137,3 +137,16 @@ def test_a_measurement_within_its_noise_leaves_the_decision_to_the_prediction():
     assert found["decided_by"].startswith("N_eff prediction")
     many = evaluate.dra_readings(Linear(1200), *images(1200), p=1.0, steps=5, dra_eps=1.0, pgd_eps="2.55/255")
     assert many["measured"] == "per_value/255" and many["decided_by"] == "measurement"
+
+
+def test_the_no_op_check_refuses_when_theta_std_gets_no_held_out_image_right(tmp_path):
+    # with no correct prediction to change there is no evidence either way: refused, not silently passed
+    from robustlib.data import ImageData
+    from robustlib.losses import Adversary
+
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False)
+    x, y = images(100, n=16)
+    wrong = ImageData("digits", "val", x, torch.zeros_like(y))       # Linear(100) says class 1 for every one
+    adversary = Adversary("dra", eps=1.0, p=1 / 3, steps=2, budget="per_image")
+    with pytest.raises(RobustlibError, match="classifies none of the first 512 held-out images correctly"):
+        methods.check_dra_effect(cfg, Linear(100), wrong, adversary)
