@@ -1,4 +1,5 @@
-"""Command line: ``python -m robustlib run --profile quick`` and ``python -m robustlib profiles``.
+"""Command line: ``python -m robustlib run --profile quick``, ``python -m robustlib estimate --profile
+paper-cifar10 --device cuda`` and ``python -m robustlib profiles``.
 
 A bad input is one line on stderr (``error: ...``) and exit status 2, before any notebook starts. Ctrl-C or
 SIGTERM stops a run cleanly (exit 130 or 143) and says what was kept.
@@ -55,6 +56,27 @@ def _overrides(text: str | None, path: str | None) -> dict:
     return out
 
 
+def _estimate(args) -> int:
+    from . import estimate
+    from .config import setup
+
+    if args.batches < 1:
+        raise RobustlibError(f"--batches {args.batches} is invalid: time at least 1 batch per kind of work")
+    cfg = setup(args.profile, device=args.device, run_dir=args.run_dir, smoke=args.smoke, create=False,
+                overrides=_overrides(args.overrides, args.overrides_file))
+    only = [str(n)[:2] for n in args.only] if args.only else None
+    done = estimate.finished_runs(cfg)
+    print(f"estimating profile {cfg.profile.name!r}{' (smoke)' if cfg.smoke else ''} on {cfg.device}"
+          f"{f': {len(done)} finished run(s) in {cfg.run_dir} are not counted' if done else ''} ...", flush=True)
+    table = estimate.estimate(cfg, only=only, batches=args.batches, done=done, progress=args.verbose)
+    print(estimate.summary(table))
+    if args.csv:
+        from .io import write_csv
+        write_csv(args.csv, table)
+        print(f"work items: {args.csv}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     global _stopped_by
     parser = argparse.ArgumentParser(prog="python -m robustlib", description=__doc__)
@@ -72,6 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--smoke", action="store_true", default=None, help="the tiny test setting (seconds per notebook)")
     run.add_argument("--retrain", action="store_true", help="train again even if the run directory has checkpoints")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
+    run.add_argument("--no-estimate", action="store_true", help="start without printing the predicted wall time")
+    est = sub.add_parser("estimate", help="predict the wall time of the notebooks on a device",
+                         description="Count the work of notebooks 00-05 from the profile and time each kind of "
+                                     "work for a few batches on the device; print the predicted wall time per "
+                                     "notebook and in total. Runs already finished in the run directory are not "
+                                     "counted. Writes nothing.")
+    for flag in ("--profile", "--device", "--run-dir", "--overrides", "--overrides-file"):
+        est.add_argument(flag, default=run.get_default(flag[2:].replace("-", "_")),
+                         help=next(a.help for a in run._actions if flag in a.option_strings))
+    est.add_argument("--only", nargs="+", metavar="NN", help="estimate only these notebooks, e.g. --only 03 04")
+    est.add_argument("--smoke", action="store_true", default=None, help="the tiny test setting")
+    est.add_argument("--batches", type=int, default=3, help="batches timed per kind of work (default 3)")
+    est.add_argument("--csv", default=None, help="also write every work item with its count and seconds here")
+    est.add_argument("--verbose", action="store_true", help="a line per kind of work as it is timed")
     sub.add_parser("profiles", help="list the profiles")
     args = parser.parse_args(argv)
     _stopped_by = "SIGINT"
@@ -83,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for sig in handlers:
             signal.signal(sig, _stop)
+        if args.command == "estimate":
+            return _estimate(args)
         run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
                      only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
-                     retrain=args.retrain, log_output=args.log_output)
+                     retrain=args.retrain, log_output=args.log_output, estimate=not args.no_estimate)
         return 0
     except RobustlibError as e:
         print(f"error: {e}", file=sys.stderr)

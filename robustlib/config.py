@@ -215,12 +215,14 @@ def setup(
     data_root: str | None = None,
     overrides: dict | None = None,
     smoke: bool | None = None,
+    create: bool = True,
 ) -> RunConfig:
     """Build the run configuration from a notebook's parameters.
 
     ``run_dir`` defaults to ``runs/<profile>`` (``runs/<profile>-smoke`` in the smoke setting) at the
     repository root, or under ``$ROBUSTLIB_RUNS``; ``data_root`` to ``data/`` or ``$ROBUSTLIB_DATA``.
-    ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``.
+    ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``. ``create=False`` only resolves the
+    paths (a cost estimate reads the run directory, never writes it).
 
     Example
     -------
@@ -243,6 +245,8 @@ def setup(
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
     if data_root in (None, ""):
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
+    if not create:
+        return RunConfig(prof, dev, Path(run_dir).expanduser().resolve(), Path(data_root).expanduser(), dict(overrides or {}))
     check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)

@@ -46,6 +46,8 @@ class DatasetInfo:
     # files(root, split) -> the files that split is read from, looked for but not read; a one-line
     # RobustlibError naming what is missing and where otherwise. None: nothing on disk (bundled)
     files: Callable[[Path, str], list[Path]] | None = None
+    # (training images, test images) of the official splits: what a cost estimate counts without the files
+    sizes: tuple[int, int] | None = None
 
 
 @dataclass
@@ -288,18 +290,18 @@ def check_files(name: str, root: str | Path) -> None:
 # name -> what a model and a loader need, the loader and its files; adding a dataset is one entry here
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, 8, (0.306,), (0.378,), tuple("0123456789"), 1, False,
-                          lambda root, split, download: _load_digits(split)),
+                          lambda root, split, download: _load_digits(split), sizes=(1437, 360)),
     "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), tuple("0123456789"), 2, False,
-                         partial(_load_idx_dataset, "mnist"), partial(_idx_files, "mnist")),
+                         partial(_load_idx_dataset, "mnist"), partial(_idx_files, "mnist"), sizes=(60_000, 10_000)),
     "fashion-mnist": DatasetInfo(
         10, 1, 28, (0.2860,), (0.3530,),
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        2, True, partial(_load_idx_dataset, "fashion-mnist"), partial(_idx_files, "fashion-mnist"),
+        2, True, partial(_load_idx_dataset, "fashion-mnist"), partial(_idx_files, "fashion-mnist"), sizes=(60_000, 10_000),
     ),
     "cifar10": DatasetInfo(
         10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        4, True, _load_cifar10, _cifar10_files,
+        4, True, _load_cifar10, _cifar10_files, sizes=(50_000, 10_000),
     ),
 }
 REGISTRIES["datasets"] = DATASETS     # profiles check their dataset name against it

@@ -7,12 +7,14 @@ wall time of each in ``<run_dir>/timings.json``. Papermill does the executing.
 Every input (profile, overrides, device, dataset files, writable folders, ``timings.json``) is checked before
 the first notebook starts. The run holds :func:`robustlib.io.run_lock` on its directory throughout, so a
 second run there fails at once; under it, files left by an interrupted run are removed first. The kernels'
-sockets live in a private temporary folder, never in ``notebooks/``.
+sockets live in a private temporary folder, never in ``notebooks/``. A full run first prints its predicted
+wall time (:mod:`robustlib.estimate`, in a child process: the parent keeps no device memory).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,13 +97,15 @@ def _record_timing(cfg, stem: str, entry: dict) -> None:
 
 def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str | None = None,
                  data_root: str | None = None, only: list[str] | None = None, overrides: dict | None = None,
-                 smoke: bool | None = None, retrain: bool = False, log_output: bool = False) -> Path:
+                 smoke: bool | None = None, retrain: bool = False, log_output: bool = False,
+                 estimate: bool = True) -> Path:
     """Execute the notebooks for ``profile`` and return the run directory.
 
     Everything is validated before the first notebook starts (profile, overrides, device, the dataset's
     files, writable output folders, the run directory free of another run), so a typo fails in a second with
     one line instead of after a long notebook. Ctrl-C (or a signal turned into ``KeyboardInterrupt``) raises
-    :class:`Interrupted`, naming the notebooks completed.
+    :class:`Interrupted`, naming the notebooks completed. ``estimate``: print the predicted wall time of a
+    full (not smoke) run before it starts.
     """
     smoke = smoke_requested() if smoke is None else smoke
     cfg = setup(profile, device=device, run_dir=run_dir, data_root=data_root, overrides=overrides, smoke=smoke)
@@ -116,6 +120,8 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
             stale = remove_stale_temporaries(cfg.run_dir, OUTPUT_DIRS)
             if stale:
                 print(f"removed {stale} temporary file(s) left in {cfg.run_dir} by an interrupted run", flush=True)
+            if estimate and not smoke:
+                _print_estimate(cfg, books, profile=profile, device=device, overrides=overrides)
             _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,
                        retrain=retrain, log_output=log_output, sockets=sockets)
     except KeyboardInterrupt:
@@ -123,6 +129,21 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     return cfg.run_dir
+
+
+def _print_estimate(cfg, books: list[Path], *, profile, device, overrides) -> None:
+    """``python -m robustlib estimate`` for this run, in a child process; a failure is a warning, not a stop."""
+    import yaml
+
+    cmd = [sys.executable, "-m", "robustlib", "estimate", "--profile", profile, "--device", device,
+           "--run-dir", str(cfg.run_dir), "--overrides", yaml.safe_dump(dict(overrides or {}), default_flow_style=True),
+           "--only", *[b.name[:2] for b in books]]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode:
+        print(f"warning: no time estimate ({lines[-1] if lines else f'exit {done.returncode}'}); starting anyway", flush=True)
+        return
+    print("\n".join(["predicted wall time (python -m robustlib estimate):", *lines[1:]]), flush=True)
 
 
 def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device, overrides, smoke, retrain,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import robustlib
+from robustlib import estimate
 from tests.fakedata import write_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,3 +27,8 @@ def test_paper_mnist_runs_the_whole_sequence_in_the_smoke_setting(tmp_path):
     assert "## Gradient-masking checks" in report
     methods = (run_dir / "tables" / "03_methods.csv").read_text()
     assert "Ours" in methods and "TRADES" in methods and "nan" not in methods.lower()
+    # the cost estimate counts exactly the training runs the sequence made, and none once they are done
+    cfg = robustlib.setup("paper-mnist", smoke=True, device="cpu", run_dir=str(run_dir), create=False)
+    finished = estimate.finished_runs(cfg)
+    assert estimate.plan(cfg)[1] == finished, estimate.plan(cfg)[1] ^ finished
+    assert estimate.plan(cfg, done=finished)[1] == set()

@@ -1,0 +1,103 @@
+"""The cost estimate: what it counts from a profile, what it times, and the command lines that print it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustlib
+from robustlib import estimate
+from robustlib.config import RunConfig, get_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(name: str, run_dir: Path, smoke: bool = False, **fields) -> RunConfig:
+    prof = get_profile(name)
+    prof = prof.shrink_for_smoke() if smoke else prof
+    return RunConfig(robustlib.config.apply_overrides(prof, fields), torch.device("cpu"), run_dir, ROOT / "data")
+
+
+def by_what(items):
+    return {w.what: w for w in items}
+
+
+def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(tmp_path):
+    items, names = estimate.plan(config("quick", tmp_path))
+    work = by_what(items)
+    # theta_std: 30 epochs on the 1,437 training digits less the 180 held out
+    vanilla = work["train vanilla"]
+    assert vanilla.notebook == "00" and vanilla.unit[2] == "clean" and vanilla.count == 30 * (1437 - 180)
+    # notebook 00's TRADES sweep trains trades-b1-s0 first; notebook 03 loads it (not counted twice)
+    assert work["train trades-b1-s0"].notebook == "00"
+    assert sum(w.what == "train trades-b1-s0" for w in items) == 1
+    # the fine-tune: 10 epochs, the last 2 the clean tail (decay 5/6 of 10 -> 8 adversarial epochs)
+    ours, tail = work["train ours-s0"], work["train ours-s0 (clean tail)"]
+    assert ours.notebook == "03" and ours.unit[2] == "ours+dra" and ours.count == 8 * (1437 - 180)
+    assert tail.unit[2] == "clean" and tail.count == 2 * (1437 - 180)
+    # notebook 04: Table V at the calibrated pair, the p sweep, schedule, backbones, replay; 3 seeds each
+    assert {"ours-pgd-cal-s2", "trades-dra-b1-cal-s0", "ours-p1-s1", "ours-alt-s2", "ours-resnet18w8-s0",
+            "vanilla-resnet18w4-s2", "ours-const-notail-s1"} <= names
+    assert "ours-lin-tail-s0" not in names            # the profile's own schedule is notebook 03's run
+    assert work["train ours-alt-s0"].unit[3] == 2 * 128   # the alternating replay at twice the batch
+    assert {w.notebook for w in items} == {"00", "01", "02", "03", "04", "05"}
+
+
+def test_finished_runs_are_loaded_not_counted(tmp_path):
+    cfg = config("quick", tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for f in ("vanilla.pt", "vanilla.last.pt", "ours-s0.last.pt"):     # ours-s0 is only part-way: counted
+        (tmp_path / "checkpoints" / f).write_bytes(b"")
+    done = estimate.finished_runs(cfg)
+    assert done == {"vanilla"}
+    items, names = estimate.plan(cfg, done=done)
+    assert "vanilla" not in names and "ours-s0" in names
+    assert "train vanilla" not in by_what(items) and "train vanilla-s1" in by_what(items)
+
+
+def test_only_some_notebooks(tmp_path):
+    items, names = estimate.plan(config("quick", tmp_path), only=["02"])
+    assert {w.notebook for w in items} == {"02"} and names == {"vanilla"}
+
+
+def test_the_estimate_times_every_kind_of_work_on_the_device(tmp_path):
+    cfg = config("quick", tmp_path, smoke=True)
+    table = estimate.estimate(cfg, batches=1)
+    assert set(table["notebook"]) == {"00", "01", "02", "03", "04", "05"}
+    assert (table["seconds"] > 0).all() and table["seconds"].map(lambda s: s == s).all()
+    # a training item costs its images times the measured seconds per image of its kind
+    train = table[table["unit"].str.startswith("train")]
+    per_image = train["seconds"] / train["count"]
+    assert per_image.groupby(train["unit"]).nunique().eq(1).all()
+    text = estimate.summary(table)
+    assert text.splitlines()[0].startswith("notebook") and "total" in text and "largest items:" in text
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "robustlib", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_the_estimate_command(tmp_path):
+    r = cli("estimate", "--profile", "quick", "--smoke", "--device", "cpu", "--only", "02", "--batches", "1",
+            "--run-dir", str(tmp_path / "run"), "--csv", str(tmp_path / "items.csv"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "02" in r.stdout and "total" in r.stdout and (tmp_path / "items.csv").exists()
+    assert not (tmp_path / "run").exists()                   # an estimate writes nothing in the run directory
+    r = cli("estimate", "--profile", "quick", "--batches", "0")
+    assert r.returncode == 2 and r.stderr.strip() == ("error: --batches 0 is invalid: time at least 1 batch per "
+                                                      "kind of work")
+
+
+def test_a_full_run_prints_its_estimate_before_it_starts(tmp_path):
+    r = cli("run", "--profile", "quick", "--device", "cpu", "--only", "02", "--run-dir", str(tmp_path / "run"),
+            "--overrides", "{epochs: 1, expected_clean_acc: null}", env={"ROBUSTLIB_SMOKE": "0"})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    out = r.stdout
+    assert out.index("predicted wall time") < out.index("02_pretraining.ipynb ...")
+    assert "total" in out.split("02_pretraining.ipynb ...")[0]
+    r = cli("run", "--profile", "quick", "--device", "cpu", "--only", "02", "--run-dir", str(tmp_path / "run"),
+            "--overrides", "{epochs: 1, expected_clean_acc: null}", "--no-estimate", env={"ROBUSTLIB_SMOKE": "0"})
+    assert r.returncode == 0 and "predicted wall time" not in r.stdout
