@@ -33,7 +33,7 @@ from .masking import LARGE_EPS, LONG_STEPS, RESTARTS
 from .methods import METHODS, _objective, make_adversary, run_name
 from .models import build_model, model_spec
 from .profiles import Profile, Recorder, parse_eps
-from .train import fit, vanilla_name
+from .train import build_fast, fast_plan, fit, resolve_precision, vanilla_name
 
 OVERHEAD = 6.0          # seconds per notebook for its kernel, imports, tables and figures (quick, 2-core CPU)
 # AutoAttack's attacks as (input-gradient passes, forward passes) per image if no image falls: APGD 100
@@ -338,8 +338,9 @@ def _time_training(p: Profile, unit: tuple, device: torch.device, batches: int) 
     """Seconds per training image: one warm-up batch, then ``batches`` batches of the real ``fit``."""
     _, model, kind, batch = unit
     q = _profile_for(p, model)
-    net = build_model(**model_spec(q)).to(device)
-    kwargs = dict(_fit_kwargs(q, kind), lr=1e-3, lr_schedule="constant", device=device, progress=False)
+    net = build_fast(model_spec(q), device, fast_plan(q))          # the fast paths the runs train with
+    kwargs = dict(_fit_kwargs(q, kind), lr=1e-3, lr_schedule="constant", device=device, progress=False,
+                  precision=resolve_precision(q.precision, device))
 
     def loader(n_batches):
         return TensorLoader(_random_images(q, batch * n_batches), batch_size=batch, shuffle=True,

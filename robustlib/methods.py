@@ -33,11 +33,11 @@ from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_tab
 from . import masking
 from .io import RobustlibError, read_json, write_json
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
-from .models import build_model, model_spec
+from .models import model_spec
 from .paper import CALIBRATION
 from .profiles import DRA_BUDGETS, Recorder, parse_eps
-from .train import (RECIPE, fit, load_best, load_run, loader_plan, make_train_loader, pretrain, read_data_settings,
-                    run_meta, vanilla_name)
+from .train import (RECIPE, build_fast, fast_plan, fit, load_best, load_run, loader_plan, make_train_loader, pretrain,
+                    read_data_settings, resolve_precision, run_meta, vanilla_name)
 
 
 @dataclass(frozen=True)
@@ -194,18 +194,19 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
         # two updates per batch (clean, then adversarial): twice the batch makes as many updates, on as many
         # samples, as the concatenated replay's one update on clean + adversarial copies
         loader["batch_size"] *= 2
-    spec = model_spec(p)                     # the model it builds (its checkpoint records the same spec)
+    spec, fast = model_spec(p), fast_plan(p)   # the model it builds (its checkpoint records the same spec)
+    fit_kwargs["precision"] = resolve_precision(fast["precision"], cfg.device)
     name = run_name(method, seed, adversary, beta, cfg.tag)
     meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else theta_fp, recipe=RECIPE,
                     **({"beta": beta} if beta is not None else {}))
     return {"name": name, "meta": meta, "fit": fit_kwargs, "train": train, "loader": loader, "adversary": adv,
-            "spec": spec,
+            "spec": spec, "fast": fast,
             "theta_std": theta_std, "scratch": scratch, "seed": seed}
 
 
 def _train(cfg: RunConfig, run: dict, progress: bool):
     torch.manual_seed(run["seed"])
-    model = build_model(**run["spec"]).to(cfg.device)
+    model = build_fast(run["spec"], cfg.device, run["fast"])
     if not run["scratch"]:
         model.load_state_dict(run["theta_std"].state_dict())   # Section IV-A: every layer starts from theta_std
     loader = make_train_loader(cfg, run["train"], seed=run["seed"], plan=run["loader"])
@@ -214,7 +215,7 @@ def _train(cfg: RunConfig, run: dict, progress: bool):
     adv = run["adversary"]
     if adv is not None:
         history["train_eps"] = [adv.eps_at(e) for e in range(len(history))]
-    return model.eval(), history
+    return model.to(memory_format=torch.contiguous_format).eval(), history   # evaluated as a loaded one
 
 
 def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,

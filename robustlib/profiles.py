@@ -28,6 +28,7 @@ from fractions import Fraction
 SCHEDULES = ("cosine", "multistep", "constant")
 REPLAYS = ("concat", "alternating")
 INITS = ("pretrained", "scratch")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")     # training autocast; "auto": bf16 on CUDA, fp32 elsewhere
 # readings of DRA's eps (Algorithm 1 does not say): an L1 budget per image, or eps per value (L1 = eps*N), or
 # eps/255 per value (L1 = eps*N/255); "paper" decides among them by Section V-C's calibration point
 DRA_BUDGETS = ("per_image", "per_value", "per_value/255")
@@ -65,6 +66,10 @@ class Profile:
     width: int | None = None          # base channel width for the ResNets (64 = the paper's)
     augment: bool = False             # Section V.A: random crop (+ flip on CIFAR-10)
     in_memory: bool = True            # keep the whole dataset as one tensor on the device
+    # fast paths for training: autocast precision ("auto": bf16 on CUDA, fp32 elsewhere; "fp16" adds a gradient
+    # scaler) and the channels-last memory format (faster convolutions on tensor cores)
+    precision: str = "fp32"
+    channels_last: bool = False
     train_limit: int | None = None    # use only the first n training images (smoke runs)
     test_limit: int | None = None
     # phase 1, vanilla pretraining: SGD, momentum 0.9, weight decay 2e-4, batch 128 (Section V.A)
@@ -226,6 +231,8 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "width": _LIMIT,
     "augment": (_anything, "true or false"),
     "in_memory": (_anything, "true or false"),
+    "precision": (_one_of(*PRECISIONS), _choices(PRECISIONS)),
+    "channels_last": (_anything, "true or false"),
     "train_limit": _LIMIT,
     "test_limit": _LIMIT,
     "epochs": (_ge(1), "an integer >= 1"),
@@ -385,6 +392,7 @@ PROFILES: dict[str, Profile] = {
             dataset="mnist",
             model="mnist-cnn",
             augment=True,
+            precision="auto", channels_last=True,   # the fast paths on a GPU (fp32 on a CPU)
             epochs=50,            # the paper does not state the pretraining length: our choice
             lr=0.01,              # TRADES' MNIST learning rate
             expected_clean_acc=0.99,
@@ -409,6 +417,7 @@ PROFILES: dict[str, Profile] = {
             model="resnet50",
             width=64,
             augment=True,
+            precision="auto", channels_last=True,   # the fast paths on a GPU (fp32 on a CPU)
             epochs=200,           # the paper does not state the pretraining schedule: the common recipe
             lr=0.1,
             lr_schedule="multistep",

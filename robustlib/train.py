@@ -36,10 +36,10 @@ from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
 from .losses import OBJECTIVES, Adversary, EpsSchedule, clean, replay_weights
 from .models import build_model, eval_mode, first_nonfinite, model_spec
-from .profiles import Recorder
+from .profiles import Profile, Recorder
 
 CHECKPOINT_FORMAT = 1
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 IDENTITY = ("model", "dataset", "kind", "theta_std", "beta", "recipe")   # what a checkpoint must be made for
 # the fine-tune recipe's version, where it changed without a profile field to record it (2: the constrained
 # step normalised by 1 + lambda on the held-out split, best epoch by robust_fraction, the alternating replay
@@ -57,7 +57,9 @@ FIT_ARGS = ("epochs", "lr", "momentum", "weight_decay", "lr_schedule", "mileston
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float, epochs: int,
                    lr_schedule: str, milestones=(0.5, 0.75)):
     """SGD with momentum and weight decay (Section V.A), and a per-epoch learning-rate schedule."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    params = list(model.parameters())
+    on_cuda = bool(params) and all(p.is_cuda for p in params)   # one fused kernel per step on a GPU
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **({"fused": True} if on_cuda else {}))
     if lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     elif lr_schedule == "multistep":
@@ -77,6 +79,11 @@ def _plain(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# each profile field's default: a checkpoint whose run did not read a field (added since) is accepted at it
+DEFAULTS = {f.name: _plain(f.default) for f in dataclasses.fields(Profile)
+            if f.default is not dataclasses.MISSING}
+
+
 def settings_hash(settings: dict) -> str:
     """One hash of exactly the settings a run consumed."""
     return hashlib.sha1(json.dumps(_plain(settings), sort_keys=True).encode()).hexdigest()[:16]
@@ -90,7 +97,8 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     profile fields the run consumes. Their hash equal to the checkpoint's accepts it at once; otherwise
     each field this run reads is compared with the fields the checkpoint's run read, and the first that
     differs, or that its run did not read, is named (a field only the old run read is no reason to
-    refuse). A checkpoint written before settings were recorded holds the whole profile
+    refuse, nor is one only this run reads at its default: a field added since, at the value that does what
+    the code before it did). A checkpoint written before settings were recorded holds the whole profile
     (``profile_fields``) instead, and is accepted when every field this run reads agrees with it. ``fix``
     replaces the way out the messages name (``retrain=True``) for a caller that has another.
     """
@@ -112,6 +120,8 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     made = _plain(state.get("profile_fields") if legacy else state["settings"]) or {}
     now = _plain(settings)
     for f in now:
+        if f not in made and f in DEFAULTS and now[f] == DEFAULTS[f]:
+            continue     # a field added later, at the default that does what the code before it did
         if f not in made:
             why = "records no" if legacy else "was trained by a run that did not read"
             raise RobustlibError(f"{path} {why} {f}, which this run reads ({f}={now[f]!r}); {fix or RETRAIN}")
@@ -347,7 +357,33 @@ def _why_not_finite(model: nn.Module, x: torch.Tensor, name: str, epoch: int) ->
     return None
 
 
-def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, name: str, epoch: int) -> dict:
+class _Amp:
+    """Mixed precision for :func:`fit`: autocast at ``precision`` (``fp32``: none), and for ``fp16`` a gradient
+    scaler, whose state a resumed run restores (``state_dict``) like the optimiser's."""
+
+    def __init__(self, device: torch.device, precision: str):
+        dtype = PRECISIONS[precision]
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def step(self, loss: torch.Tensor, opt) -> None:
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def _train_epoch(model, loader, opt, updates: Callable, *, device, amp: _Amp, name: str, epoch: int) -> dict:
     """One pass over the loader; returns the per-sample means of the loss, the accuracy and the loss parts."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -357,7 +393,7 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, nam
         steps = updates(model, x, y)
         while True:
             try:
-                with autocast:
+                with amp.autocast:
                     out = next(steps, None)
             except ValueError:            # an attack refusing the batch or the logits: name the cause in fit's words
                 why = _why_not_finite(model, x, name, epoch)
@@ -372,8 +408,7 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, autocast, nam
                                      f"{name}: the loss became {loss.item()} in epoch {epoch + 1} (the batch and "
                                      f"the weights are finite); lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.step(loss, opt)
             parts = dict(parts)
             targets = parts.pop("targets", y)      # an update on part of the batch names its labels
             b = len(targets)
@@ -418,11 +453,12 @@ def _resumable(last_path: Path, model: nn.Module, meta: dict, epochs: int, fix: 
     return state
 
 
-def _resume(state: dict, last_path: Path, model, opt, sched, objective, epochs: int, name: str):
+def _resume(state: dict, last_path: Path, model, opt, sched, objective, epochs: int, name: str, amp: _Amp):
     """Continue from a checked checkpoint (:func:`_resumable`): (history, first epoch to train)."""
     model.load_state_dict(state["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    amp.load_state_dict(state.get("grad_scaler", {}))
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state.get("objective", {}))
     history, start = list(state["history"]), int(state["epoch"])
@@ -430,7 +466,8 @@ def _resume(state: dict, last_path: Path, model, opt, sched, objective, epochs: 
     return history, start
 
 
-def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, history, epochs, best_metric):
+def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, history, epochs, best_metric,
+                amp: _Amp):
     """After an epoch: the best checkpoint (if this epoch is the best so far), the last one, the metrics CSV."""
     row, ckpt = history[-1], Path(run_dir) / "checkpoints"
     if best_metric is not None and row.get(best_metric, -math.inf) >= max(
@@ -438,12 +475,13 @@ def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, hi
         save_torch(checkpoint_payload(model, meta, epoch=row["epoch"], metrics=row), ckpt / f"{name}.best.pt")
     state = objective.state_dict() if hasattr(objective, "state_dict") else {}
     save_torch(checkpoint_payload(model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                  objective=state, epoch=row["epoch"], epochs_total=epochs, history=history),
+                                  objective=state, grad_scaler=amp.state_dict(), epoch=row["epoch"],
+                                  epochs_total=epochs, history=history),
                ckpt / f"{name}.last.pt")
     write_csv(Path(run_dir) / "metrics" / f"{name}.csv", pd.DataFrame(history))
 
 
-def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_weight, evaluate, autocast, device,
+def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_weight, evaluate, amp: _Amp, device,
            name: str, seed: int, epoch: int) -> dict:
     """Train one epoch, step the schedule, let the objective update its state, evaluate: the epoch's row."""
     torch.manual_seed(seed * 1000 + epoch)        # dropout, random starts: the same on a resumed run
@@ -457,7 +495,7 @@ def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_wei
 
     t0 = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-           **_train_epoch(model, loader, opt, updates, device=device, autocast=autocast, name=name, epoch=epoch)}
+           **_train_epoch(model, loader, opt, updates, device=device, amp=amp, name=name, epoch=epoch)}
     sched.step()
     if hasattr(objective, "end_epoch"):
         row.update(objective.end_epoch(model))
@@ -492,7 +530,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     evaluate : called after each epoch with the model (in eval mode); its dict is logged.
     best_metric : a key of ``evaluate``'s dict; the epoch maximising it is also saved as
         ``checkpoints/<name>.best.pt`` (the last and the best can differ by several points).
-    device, precision : where and how to compute (``"fp32"`` or ``"bf16"`` autocast).
+    device, precision : where and how to compute: ``"fp32"``, or autocast at ``"bf16"`` or ``"fp16"`` (with a
+        gradient scaler, saved with the optimiser for resuming); the weights stay float32 either way.
     run_dir, name, meta : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
         (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
         ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`) and the call
@@ -524,22 +563,21 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     model.to(device)
     opt, sched = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, epochs=epochs,
                                 lr_schedule=lr_schedule, milestones=milestones)
-    history, start = _resume(state, last_path, model, opt, sched, objective, epochs, name) if state else ([], 0)
+    amp = _Amp(device, precision)
+    history, start = _resume(state, last_path, model, opt, sched, objective, epochs, name, amp) if state else ([], 0)
     weight = first_nonfinite(model.state_dict().items())
     if weight:
         raise RobustlibError(f"{name}: the model's weights were already non-finite before epoch {start + 1} "
                              f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
                              f"the checkpoint it came from)")
-    autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision]
-                else contextlib.nullcontext())
     bar = tqdm(range(start, epochs), desc=name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
     for epoch in bar:
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
-                              clean_weight=clean_weight, evaluate=evaluate, autocast=autocast, device=device,
+                              clean_weight=clean_weight, evaluate=evaluate, amp=amp, device=device,
                               name=name, seed=seed, epoch=epoch))
         bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "val_acc")})
         if run_dir:
-            _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric)
+            _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric, amp)
     if run_dir:
         save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
                    Path(run_dir) / "checkpoints" / f"{name}.pt")
@@ -642,7 +680,28 @@ def _pretrain_plan(p) -> dict:
     """Phase 1's model, data and optimiser settings, read from ``p``: theta_std's settings are these reads."""
     read_data_settings(p)
     return dict(spec=model_spec(p), epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                lr_schedule=p.lr_schedule, milestones=p.milestones, loader=loader_plan(p))
+                lr_schedule=p.lr_schedule, milestones=p.milestones, loader=loader_plan(p), fast=fast_plan(p))
+
+
+def fast_plan(p) -> dict:
+    """The fast paths a run trains with, read from ``p``: autocast ``precision`` (``"auto"`` kept as written;
+    :func:`resolve_precision` reads it on the device) and the ``channels_last`` memory format."""
+    return {"precision": p.precision, "channels_last": p.channels_last}
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``"auto"``: bf16 autocast on CUDA, fp32 elsewhere (bf16 autocast is slower than fp32 on most CPUs)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def build_fast(spec: dict, device, fast: dict) -> nn.Module:
+    """The model of ``spec`` on ``device``, in the channels-last memory format if ``fast`` says so (the numbers
+    are the same up to float rounding; convolutions run faster on tensor cores). Training only: a trained
+    model is handed back in the default format, so it is evaluated exactly as its checkpoint loaded later."""
+    model = build_model(**spec).to(device)
+    return model.to(memory_format=torch.channels_last) if fast["channels_last"] else model
 
 
 def pretrain_fields(profile) -> set[str]:
@@ -680,16 +739,16 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
         tr, _ = data or load_splits(p, cfg.data_root)
         tr, val = split_validation(tr, p.val_size, p.seed)
         torch.manual_seed(seed)
-        model = build_model(**plan["spec"]).to(cfg.device)
+        model = build_fast(plan["spec"], cfg.device, plan["fast"])
         x_val, y_val = val.float_x(), val.y
         history = fit(model, make_train_loader(cfg, tr, seed=seed, plan=plan["loader"]), epochs=plan["epochs"],
-                      lr=plan["lr"],
+                      lr=plan["lr"], precision=resolve_precision(plan["fast"]["precision"], cfg.device),
                       momentum=plan["momentum"], weight_decay=plan["weight_decay"],
                       lr_schedule=plan["lr_schedule"], milestones=plan["milestones"],
                       evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)} if len(y_val) else {},
                       device=cfg.device,
                       run_dir=cfg.run_dir, name=name, meta=meta, seed=seed, progress=progress)
-        return model.eval(), history
+        return model.to(memory_format=torch.contiguous_format).eval(), history   # evaluated as a loaded one
 
     loaded = load_run(cfg, name, meta, retrain=retrain)
     if loaded is None:

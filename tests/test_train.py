@@ -18,6 +18,22 @@ def _setup():
     return model, loader, test
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_in_epoch(n: int):
+    """An ``evaluate`` for fit that raises :class:`Stop` in epoch ``n``: epochs before it are on disk."""
+    calls = []
+
+    def evaluate(m):
+        calls.append(1)
+        if len(calls) == n:
+            raise Stop
+        return {}
+    return evaluate
+
+
 def test_fit_learns_digits():
     model, loader, test = _setup()
     before = accuracy(model, test.float_x(), test.y)
@@ -32,17 +48,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     ref = {k: v.clone() for k, v in model.state_dict().items()}
 
     model, loader, _ = _setup()
-    class Stop(Exception):
-        pass
-    calls = []
-    def interrupt_in_epoch_two(m):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-        return {}
     with pytest.raises(Stop):     # killed during epoch 2's evaluation: epoch 1 is on disk, epoch 2 is not
         fit(model, loader, epochs=3, lr=0.05, progress=False, run_dir=tmp_path / "b", name="m",
-            evaluate=interrupt_in_epoch_two)
+            evaluate=stop_in_epoch(2))
     assert torch.load(tmp_path / "b" / "checkpoints" / "m.last.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "b" / "checkpoints" / "m.pt").exists()
     model, loader, _ = _setup()
@@ -259,3 +267,56 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(tmp_path):
             assert torch.equal(v, ref[k]), k
     finally:
         torch.set_num_threads(threads)
+
+
+def test_fp16_autocast_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path):
+    model, loader, _ = _setup()
+    fit(model, loader, epochs=2, lr=0.05, progress=False, precision="fp16", run_dir=tmp_path / "a", name="m",
+        evaluate=lambda m: {})
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(v.dtype == torch.float32 for v in ref.values() if v.is_floating_point())   # weights stay fp32
+    last = torch.load(tmp_path / "a" / "checkpoints" / "m.last.pt", weights_only=True)
+    assert last["grad_scaler"]["scale"] > 0                          # the scaler's state is kept for resuming
+    model, loader, _ = _setup()
+    with pytest.raises(Stop):     # stopped in epoch 2: epoch 1 (weights, optimiser, scaler) on disk
+        fit(model, loader, epochs=2, lr=0.05, progress=False, precision="fp16", run_dir=tmp_path / "b", name="m",
+            evaluate=stop_in_epoch(2))
+    model, loader, _ = _setup()
+    fit(model, loader, epochs=2, lr=0.05, progress=False, precision="fp16", run_dir=tmp_path / "b", name="m",
+        evaluate=lambda m: {})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_the_fast_paths_resolve_per_device_and_keep_the_numbers():
+    from robustlib.train import build_fast, fast_plan, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("fp16", "cpu") == "fp16"
+    paper = robustlib.get_profile("paper-cifar10")
+    assert fast_plan(paper) == {"precision": "auto", "channels_last": True}
+    assert fast_plan(robustlib.get_profile("quick")) == {"precision": "fp32", "channels_last": False}
+    spec = dict(name="resnet18", num_classes=10, in_channels=3, image_size=32, width=4)
+    torch.manual_seed(0)
+    plain = build_fast(spec, "cpu", {"channels_last": False}).eval()
+    torch.manual_seed(0)
+    fast = build_fast(spec, "cpu", {"channels_last": True}).eval()
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(plain(x), fast(x), atol=1e-5)
+
+
+def test_a_setting_added_since_is_accepted_at_its_default_and_refused_otherwise(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
+    pretrain(cfg, progress=False)
+    path = tmp_path / "checkpoints" / "vanilla.pt"
+    state = torch.load(path, weights_only=True)
+    for added in ("precision", "channels_last"):       # theta_std of the code before the fast paths
+        del state["settings"][added]
+    state["settings_hash"] = "0" * 16
+    torch.save(state, path)
+    pretrain(cfg, progress=False)                      # the defaults do what that code did: loaded
+    fast = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True, overrides={"channels_last": True})
+    with pytest.raises(RobustlibError, match="did not read channels_last, which this run reads \\(channels_last=True\\)"):
+        pretrain(fast, progress=False)
