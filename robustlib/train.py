@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
@@ -293,16 +294,19 @@ def _architecture(model: nn.Module) -> str:
 
 
 def fit_record(model: nn.Module, objective, adversary, *, epochs, lr, momentum, weight_decay, lr_schedule,
-               milestones, replay, clean_weight, precision, seed, batches: int | None = None) -> dict:
+               milestones, replay, clean_weight, precision, seed, batches: int | None = None,
+               processes: int = 1) -> dict:
     """What a run of :func:`fit` depends on, as JSON values: its arguments (the milestones only where the
-    schedule reads them), the model's class and the loader's number of batches (where it has a length); its
-    checkpoint's state_dict holds the parameters' shapes. The data themselves are not fingerprinted: another
-    dataset of as many batches reads alike (a profile's runs record the fields that choose their images)."""
+    schedule reads them), the model's class, the loader's number of batches (where it has a length) and,
+    under torchrun, the number of processes; its checkpoint's state_dict holds the parameters' shapes. The
+    data themselves are not fingerprinted: another dataset of as many batches reads alike (a profile's runs
+    record the fields that choose their images)."""
     return _plain({"model": _architecture(model), "batches": batches, "epochs": epochs, "lr": lr, "momentum": momentum,
                    "weight_decay": weight_decay, "lr_schedule": lr_schedule,
                    "milestones": list(milestones) if lr_schedule == "multistep" else None,
                    "objective": objective_id(objective), "adversary": _adversary_id(adversary), "replay": replay,
-                   "clean_weight": clean_weight, "precision": precision, "seed": seed})
+                   "clean_weight": clean_weight, "precision": precision, "seed": seed,
+                   **({"processes": processes} if processes > 1 else {})})
 
 
 def _shown(value) -> str:
@@ -419,6 +423,7 @@ def _train_epoch(model, loader, opt, updates: Callable, *, device, amp: _Amp, na
                 counts[k] = counts.get(k, 0) + b
     if not counts:
         raise RobustlibError(f"{name}: the training loader yielded no batches; check the dataset and batch size")
+    sums, counts = distributed.reduce_sums(sums, counts)       # every process's batches (one process: as is)
     return {k: (v / counts[k]).item() for k, v in sums.items()}
 
 
@@ -482,12 +487,16 @@ def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, hi
 
 
 def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_weight, evaluate, amp: _Amp, device,
-           name: str, seed: int, epoch: int) -> dict:
-    """Train one epoch, step the schedule, let the objective update its state, evaluate: the epoch's row."""
+           name: str, seed: int, epoch: int, trained: nn.Module | None = None) -> dict:
+    """Train one epoch, step the schedule, let the objective update its state, evaluate: the epoch's row.
+    ``trained``: the module the updates go through (``model`` in DistributedDataParallel under torchrun);
+    attacks, the objective's state and the evaluation see ``model`` itself, and process 0 alone evaluates."""
     torch.manual_seed(seed * 1000 + epoch)        # dropout, random starts: the same on a resumed run
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     attack = adversary.at(epoch) if adversary is not None else None
+    if attack is not None and trained is not None and trained is not model:   # no gradient sync inside an attack
+        attack = functools.partial(_on, model, attack)
 
     def updates(m, x, y):
         return batch_updates(objective, attack, m, x, y, replay=replay, clean_weight=clean_weight,
@@ -495,15 +504,22 @@ def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_wei
 
     t0 = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-           **_train_epoch(model, loader, opt, updates, device=device, amp=amp, name=name, epoch=epoch)}
+           **_train_epoch(trained or model, loader, opt, updates, device=device, amp=amp, name=name, epoch=epoch)}
     sched.step()
     if hasattr(objective, "end_epoch"):
         row.update(objective.end_epoch(model))
     if evaluate is not None:
-        with eval_mode(model):
-            row.update(evaluate(model))
+        if distributed.is_main():
+            with eval_mode(model):
+                row.update(evaluate(model))
+        row = distributed.from_main(row)
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def _on(model: nn.Module, attack: Callable, _wrapped, x, y, **kwargs):
+    """``attack`` on ``model`` itself, not on the DistributedDataParallel wrapper the objective holds."""
+    return attack(model, x, y, **kwargs)
 
 
 def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 2e-4,
@@ -536,13 +552,17 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
         ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`) and the call
         (``fit_args``, :func:`fit_record`). ``name`` is a file name (letters, digits, ``_.+=-``), never a path.
-    resume : a second call with the same arguments resumes from ``<name>.last.pt`` (a finished run returns
-        its history). A call with other arguments (lr, objective, adversary, epochs, ...), another number of
+    resume : a second call with the same arguments (and as many processes) resumes from ``<name>.last.pt``
+        (a finished run returns its history). A call with other arguments (lr, objective, adversary, epochs, ...), another number of
         batches per epoch or another model architecture is refused, naming what differs, before the model is touched; ``resume=False`` trains
         from scratch and overwrites the run.
 
     A model whose weights are not finite is refused before training; a loss that is not finite names its
     cause (the batch, the weights, else the learning rate).
+
+    Under ``torchrun`` (:func:`robustlib.distributed.init` called first) the updates run through
+    DistributedDataParallel on each process's shard of a :class:`~robustlib.data.TensorLoader` (its batch
+    is per process), the metrics are reduced over all processes, and process 0 alone evaluates and writes.
 
     Returns
     -------
@@ -551,12 +571,14 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
     objective = _check_fit_args(objective, adversary, replay, clean_weight, precision, lr_schedule)
     if run_dir:
         _check_name(name)
+    distributed.shard(train_loader)          # under torchrun: this process's share of each epoch
     meta = dict(meta or {})
     fix = RETRAIN if "settings" in meta else RESTART       # a profile's run is retrained by its notebook
     meta["fit_args"] = fit_record(model, objective, adversary, epochs=epochs, lr=lr, momentum=momentum,
                                   weight_decay=weight_decay, lr_schedule=lr_schedule, milestones=milestones,
                                   replay=replay, clean_weight=clean_weight, precision=precision, seed=seed,
-                                  batches=len(train_loader) if hasattr(train_loader, "__len__") else None)
+                                  batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
+                                  processes=distributed.world())
     last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
     state = _resumable(last_path, model, meta, epochs, fix) if last_path and resume and last_path.exists() else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -570,17 +592,19 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         raise RobustlibError(f"{name}: the model's weights were already non-finite before epoch {start + 1} "
                              f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
                              f"the checkpoint it came from)")
-    bar = tqdm(range(start, epochs), desc=name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    trained, main = distributed.wrap(model, device), distributed.is_main()
+    bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, mininterval=1.0, dynamic_ncols=True)
     for epoch in bar:
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
                               clean_weight=clean_weight, evaluate=evaluate, amp=amp, device=device,
-                              name=name, seed=seed, epoch=epoch))
+                              name=name, seed=seed, epoch=epoch, trained=trained))
         bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "val_acc")})
-        if run_dir:
+        if run_dir and main:
             _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric, amp)
-    if run_dir:
+    if run_dir and main:
         save_torch(checkpoint_payload(model, meta, epoch=epochs, metrics=history[-1] if history else {}),
                    Path(run_dir) / "checkpoints" / f"{name}.pt")
+    distributed.barrier()                    # every process returns once process 0 has written
     return pd.DataFrame(history)
 
 

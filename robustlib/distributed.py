@@ -1,0 +1,101 @@
+"""Several processes, one model: :mod:`torch.distributed` as ``torchrun`` sets it up.
+
+    torchrun --nproc_per_node 8 your_script.py        # each process calls robustlib.distributed.init()
+
+:func:`init` joins the process group ``torchrun`` describes in the environment (``WORLD_SIZE``, ``RANK``,
+``LOCAL_RANK``, ``MASTER_ADDR``): NCCL on CUDA, each process on its own GPU (``cuda:LOCAL_RANK``), gloo on the
+CPU. Under it :func:`robustlib.train.fit` trains with DistributedDataParallel: each process sees its own
+shard of every epoch's batches (:func:`shard`), gradients are averaged across processes, the logged metrics
+are reduced over all of them (:func:`reduce_sums`), and process 0 alone evaluates and writes checkpoints and
+metrics (:func:`is_main`). The loader's batch is per process: the global batch is ``world()`` times it.
+
+With one process, or without ``torchrun``, every function here is a no-op and nothing changes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .io import RobustlibError
+
+
+def active() -> bool:
+    """True inside a process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Process 0, or the only process: the one that evaluates and writes files."""
+    return rank() == 0
+
+
+def init(device: str | torch.device = "auto") -> torch.device:
+    """Join ``torchrun``'s process group if the environment names one of more than one process, and return
+    this process's device (``cuda:LOCAL_RANK`` on CUDA). Without ``torchrun``: ``device`` unchanged."""
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel (its weights broadcast from process 0), or itself alone."""
+    if not active():
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard(loader) -> None:
+    """Give a :class:`~robustlib.data.TensorLoader` (no sampler of its own) this process's shard of every
+    epoch: a ``DistributedSampler`` seeded like the loader, so an epoch's order is the same on every rerun.
+    A loader of another kind must shard itself (e.g. a ``DataLoader`` with a ``DistributedSampler``)."""
+    if not active() or getattr(loader, "sampler", True) is not None:
+        return
+    n = len(loader.y)
+    if n < world():
+        raise RobustlibError(f"{n} training images cannot be shared among {world()} processes; use fewer processes")
+    loader.sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world(), rank=rank(),
+                                                         shuffle=loader.shuffle, seed=loader.seed)
+
+
+def reduce_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> tuple[dict, dict]:
+    """Per-key sums and counts added over all processes (what every process logs is the global mean)."""
+    if not active():
+        return sums, counts
+    keys = sorted(sums)
+    device = next(iter(sums.values())).device if keys else torch.device("cpu")
+    packed = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys]
+                         + [torch.tensor(float(counts[k]), dtype=torch.float64, device=device) for k in keys])
+    dist.all_reduce(packed)
+    return ({k: packed[i] for i, k in enumerate(keys)}, {k: int(packed[len(keys) + i]) for i, k in enumerate(keys)})
+
+
+def from_main(value):
+    """Process 0's ``value`` on every process (any picklable object)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
