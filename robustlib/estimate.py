@@ -29,7 +29,6 @@ from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
 from .evaluate import PAPER_STEPS, run_attack
 from .losses import Adversary, EpsSchedule
-from .masking import LARGE_EPS, LONG_STEPS, RESTARTS
 from .methods import METHODS, _objective, make_adversary, run_name
 from .models import build_model, model_spec
 from .profiles import Profile, Recorder, parse_eps
@@ -146,9 +145,10 @@ def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, atta
 
 
 def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: int) -> None:
-    """:func:`robustlib.masking.probe`: PGD-20 with a random start, PGD-100 x 5 restarts, PGD-100 at eps 0.5."""
-    c.attack(nb, f"{what} (masking probes)", model, images, models * (PAPER_STEPS + LONG_STEPS * (RESTARTS + 1)),
-             models * (RESTARTS + 4))
+    """:func:`robustlib.masking.probe`: PGD-20 with a random start, PGD-S x R restarts, PGD-S at eps 0.5."""
+    p = c.cfg.profile
+    c.attack(nb, f"{what} (masking probes)", model, images,
+             models * (PAPER_STEPS + p.probe_steps * (p.probe_restarts + 1)), models * (p.probe_restarts + 4))
 
 
 def _notebook_00(c: _Counter) -> None:

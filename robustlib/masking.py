@@ -9,11 +9,12 @@ the same images, so that what it flags is the attack's behaviour and not the ima
               by more than ``RISE``: a larger ball holds every point of a smaller one.
 ``flat``      it does not fall at all: from the smallest to the largest eps it drops by less than ``FLAT``
               while still above ``LARGE`` (a model at 0% everywhere masks nothing).
-``restarts``  PGD-100 with 5 random restarts (the worst case per image) below PGD-20 (``pgd-rs``, random
-              start) by more than ``STRONGER``, on the AutoAttack images: PGD-20 had not converged.
+``restarts``  PGD-100 with 5 random restarts (the worst case per image; the profile's ``probe_steps`` and
+              ``probe_restarts``) below PGD-20 (``pgd-rs``, random start) by more than ``STRONGER``, on the
+              AutoAttack images: PGD-20 had not converged.
 ``autoattack`` AutoAttack (``strong``: the worst of pgd-rs and AutoAttack) below pgd-rs by more than
               ``STRONGER``, on the same images: a gradient-free or better-scaled attack finds what PGD missed.
-``large_eps`` PGD-100 from the clean point at eps = ``LARGE_EPS`` leaves more than ``LARGE`` of the images
+``large_eps`` PGD-100 (``probe_steps``) from the clean point at eps = ``LARGE_EPS`` leaves more than ``LARGE`` of the images
               robust. Within L-inf 0.5 of any image in [0, 1] lies the uniform grey image, so a working attack
               drives accuracy near zero; one that does not is not following useful gradients.
 
@@ -26,6 +27,7 @@ table lacks; :func:`flags` reads a table's rows (per seed or per model) and retu
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import pandas as pd
@@ -41,32 +43,42 @@ FLAT = 0.01        # ... and must fall by at least this over the table's eps ran
 STRONGER = 0.10    # more steps and restarts, or AutoAttack, may not beat PGD-20 by more than this
 LARGE_EPS = 0.5    # an L-inf radius at which a working attack leaves (almost) nothing robust
 LARGE = 0.10       # ... "almost nothing": at most this share of the images
-RESTARTS, LONG_STEPS = 5, 100
+RESTARTS, LONG_STEPS = 5, 100    # the probes' defaults (the profiles' probe_restarts, probe_steps)
 
 CHECKS = ("rises", "flat", "restarts", "autoattack", "large_eps")
 RULE = (f"gradient-masking checks (Carlini et al. 2019): robust accuracy rises with eps by > {100 * RISE:g} points, "
-        f"or falls by < {100 * FLAT:g} point over the eps range while above {100 * LARGE:g}%; PGD-{LONG_STEPS} x "
-        f"{RESTARTS} restarts or AutoAttack below PGD-20 (random start) by > {100 * STRONGER:g} points on the same "
-        f"images; PGD-{LONG_STEPS} at eps {LARGE_EPS:g} leaves > {100 * LARGE:g}% robust")
+        f"or falls by < {100 * FLAT:g} point over the eps range while above {100 * LARGE:g}%; PGD-S x R "
+        f"restarts (S = {LONG_STEPS}, R = {RESTARTS} unless the profile says otherwise) or AutoAttack below PGD-20 "
+        f"(random start) by > {100 * STRONGER:g} points on the same images; PGD-S at eps {LARGE_EPS:g} leaves "
+        f"> {100 * LARGE:g}% robust")
+RESTARTS_COLUMN = re.compile(r"pgd-(\d+)x(\d+)@(.+) \(aa\)")
+LARGE_COLUMN = re.compile(rf"pgd-(\d+)@{LARGE_EPS:g} \(aa\)")
 
 
-def restarts_column(eps_label: str) -> str:
-    return f"pgd-{LONG_STEPS}x{RESTARTS}@{eps_label} (aa)"
+def restarts_column(eps_label: str, steps: int = LONG_STEPS, restarts: int = RESTARTS) -> str:
+    return f"pgd-{steps}x{restarts}@{eps_label} (aa)"
 
 
-def large_column() -> str:
-    return f"pgd-{LONG_STEPS}@{LARGE_EPS:g} (aa)"
+def large_column(steps: int = LONG_STEPS) -> str:
+    return f"pgd-{steps}@{LARGE_EPS:g} (aa)"
+
+
+def _columns(row: pd.Series, pattern: re.Pattern, eps_label: str | None = None) -> list:
+    """The measured columns of ``row`` named like ``pattern`` (at ``eps_label`` for the restarts' columns)."""
+    found = [(c, pattern.fullmatch(str(c))) for c, v in row.items() if pd.notna(v)]
+    return [c for c, m in found if m and (eps_label is None or m.group(3) == eps_label)]
 
 
 def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None = None, seed: int = 0,
-          batch_size: int = 256) -> dict:
+          batch_size: int = 256, steps: int = LONG_STEPS, restarts: int = RESTARTS) -> dict:
     """The two attacks the checks add to a table, on ``n`` images of ``x`` drawn like AutoAttack's
     (:func:`~robustlib.evaluate.attack_subset` with ``seed``; all of ``x`` if ``n`` is None).
 
     Returns ``{"pgd-rs@<eps> (aa)": ..., "pgd-100x5@<eps> (aa)": ..., "pgd-100@0.5 (aa)": ...}``: robust accuracy
     (correct clean and attacked) of PGD-20 with a random start (the ``pgd-rs`` protocol, the baseline of the
-    ``restarts`` check), of PGD-100 (step 2.5*eps/100) with 5 seeded random restarts at ``eps`` (robust under
-    every restart), and of PGD-100 from the clean point at eps 0.5.
+    ``restarts`` check), of PGD-``steps`` (step 2.5*eps/steps) with ``restarts`` seeded random restarts at
+    ``eps`` (robust under every restart), and of PGD-``steps`` from the clean point at eps 0.5; the column
+    names carry ``steps`` and ``restarts``.
     """
     eps_value, label = parse_eps(eps)
     y = y.cpu()
@@ -77,14 +89,15 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | N
     xa = run_attack("pgd", model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
                     random_start=True, seed=seed, batch_size=batch_size)     # the pgd-rs protocol, on these images
     short = ok & (predict(model, xa) == y)
-    long = dict(steps=LONG_STEPS, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
-    restarts = ok.clone()
-    for r in range(RESTARTS):     # every restart on every image: the worst case per image
+    long = dict(steps=steps, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
+    robust = ok.clone()
+    for r in range(restarts):     # every restart on every image: the worst case per image
         xa = run_attack("pgd", model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
-        restarts &= predict(model, xa) == y
+        robust &= predict(model, xa) == y
     xa = run_attack("pgd", model, x, y, eps=LARGE_EPS, random_start=False, **long)
-    return {f"pgd-rs@{label} (aa)": short.float().mean().item(), restarts_column(label): restarts.float().mean().item(),
-            large_column(): (ok & (predict(model, xa) == y)).float().mean().item()}
+    return {f"pgd-rs@{label} (aa)": short.float().mean().item(),
+            restarts_column(label, steps, restarts): robust.float().mean().item(),
+            large_column(steps): (ok & (predict(model, xa) == y)).float().mean().item()}
 
 
 def family(column) -> str | None:
@@ -123,12 +136,13 @@ def check_row(row: pd.Series) -> dict:
         if not (at and name == "pgd-rs" and label.endswith(" (aa)")) or pd.isna(v):
             continue
         eps = label[:-len(" (aa)")]
-        for check, other in (("restarts", restarts_column(eps)), ("autoattack", f"strong@{eps}")):
-            if other in row and pd.notna(row[other]) and v - row[other] > STRONGER:
-                found[check] = f"{other} {100 * row[other]:.1f} vs pgd-rs {100 * v:.1f}"
-    big = row.get(large_column())
-    if big is not None and pd.notna(big) and big > LARGE:
-        found["large_eps"] = f"{100 * big:.1f}% robust at eps {LARGE_EPS:g}"
+        for check, others in (("restarts", _columns(row, RESTARTS_COLUMN, eps)), ("autoattack", [f"strong@{eps}"])):
+            for other in others:
+                if other in row and pd.notna(row[other]) and v - row[other] > STRONGER:
+                    found[check] = f"{other} {100 * row[other]:.1f} vs pgd-rs {100 * v:.1f}"
+    for big in _columns(row, LARGE_COLUMN):
+        if row[big] > LARGE:
+            found["large_eps"] = f"{100 * row[big]:.1f}% robust at eps {LARGE_EPS:g} ({big})"
     return found
 
 
@@ -143,11 +157,11 @@ def flags(table: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
         found = check_row(row)
         measured = [str(c) for c, v in row.items() if pd.notna(v)]
         have = {"rises": len(_curve(row, "pgd")) > 1 or len(_curve(row, "pgd-rs")) > 1,
-                "restarts": any(c.startswith(f"pgd-{LONG_STEPS}x") and f"pgd-rs@{c.partition('@')[2]}" in measured
+                "restarts": any(RESTARTS_COLUMN.fullmatch(c) and f"pgd-rs@{c.partition('@')[2]}" in measured
                                 for c in measured),
                 "autoattack": any(c.startswith("strong@") and f"pgd-rs@{c.partition('@')[2]} (aa)" in measured
                                   for c in measured),
-                "large_eps": large_column() in measured}
+                "large_eps": bool(_columns(row, LARGE_COLUMN))}
         have["flat"] = have["rises"]
         rows.append({**{k: row[k] for k in keys},
                      "masking": "; ".join(f"{k}: {v}" for k, v in found.items()) or "none found",
@@ -156,11 +170,12 @@ def flags(table: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
 
 
 def add_probes(table: pd.DataFrame, models: dict, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None,
-               seed: int = 0) -> pd.DataFrame:
+               seed: int = 0, steps: int = LONG_STEPS, restarts: int = RESTARTS) -> pd.DataFrame:
     """``table`` (one row per model of ``models``, in order, as :func:`~robustlib.evaluate.evaluate_table`
     returns it) with the :func:`probe` columns it lacks added, measured on the same AutoAttack images (a table
     with AutoAttack keeps its own ``pgd-rs@<eps> (aa)``: the same attack, seed and images)."""
-    extra = pd.DataFrame([probe(m, x, y, eps=eps, n=n, seed=seed) for m in models.values()], index=table.index)
+    extra = pd.DataFrame([probe(m, x, y, eps=eps, n=n, seed=seed, steps=steps, restarts=restarts)
+                          for m in models.values()], index=table.index)
     return pd.concat([table, extra[[c for c in extra.columns if c not in table.columns]]], axis=1)
 
 

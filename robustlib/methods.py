@@ -251,7 +251,8 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
 
 
 def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps_list, data=None,
-               retrain: bool = False, progress: bool = False, probe_eps=None, probe_n: int = 0) -> pd.DataFrame:
+               retrain: bool = False, progress: bool = False, probe_eps=None, probe_n: int = 0,
+               probe_steps: int = masking.LONG_STEPS, probe_restarts: int = masking.RESTARTS) -> pd.DataFrame:
     """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`.
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
@@ -260,7 +261,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded.
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
-    gradient-masking probes at ``probe_eps`` on ``probe_n`` images (:func:`robustlib.masking.add_probes`).
+    gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``
+    restarts (:func:`robustlib.masking.add_probes`).
     """
     out, retrained = [], set()
     for seed in seeds:
@@ -275,7 +277,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
                                retrain=again)
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             if probe_n and seed == seeds[0]:
-                table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n)
+                table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,
+                                           steps=probe_steps, restarts=probe_restarts)
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
 

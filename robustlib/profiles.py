@@ -87,6 +87,8 @@ class Profile:
     eval_limit: int | None = None     # test images for robust evaluation (None: the whole test split)
     autoattack_limit: int = 100       # images for AutoAttack, minutes per hundred on a CPU
     autoattack_attacks: tuple[str, ...] | None = None   # None: standard AutoAttack; or a subset, e.g. APGD-CE + APGD-T
+    probe_steps: int = 100            # the gradient-masking probes (robustlib.masking): PGD-100 ...
+    probe_restarts: int = 5           # ... with 5 random restarts, and PGD-100 at eps 0.5
     dra_p: float = 1 / 3              # DRA: fraction of values that keep their perturbation
     dra_steps: int = 10               # DRA: T
     dra_eps_grid: tuple[float, ...] = (1.0, 2.0, 4.0)   # per-image L1 budgets for Fig. 4
@@ -179,6 +181,8 @@ class Profile:
             # as many attack steps as quick's (paper-mnist's 40 PGD and 20 DRA steps are the same code path)
             at_steps=min(self.at_steps, 5),
             dra_steps=min(self.dra_steps, 5),
+            probe_steps=min(self.probe_steps, 5),       # PGD-5 x 2 restarts: the probes' code path, not their cost
+            probe_restarts=min(self.probe_restarts, 2),
             smoke=True,
         )
 
@@ -251,6 +255,8 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "autoattack_limit": (_ge(1), "an integer >= 1"),
     "autoattack_attacks": (_each(_one_of(*AUTOATTACK_ATTACKS)),
                            f"None or a non-empty list of {', '.join(AUTOATTACK_ATTACKS)}, e.g. ['apgd-ce', 'apgd-t']"),
+    "probe_steps": (_ge(1), "an integer >= 1"),
+    "probe_restarts": (_ge(1), "an integer >= 1"),
     "dra_p": _FRACTION,
     "dra_steps": (_ge(1), "an integer >= 1"),
     "dra_eps_grid": (_each(_gt(0)), "a non-empty list of DRA budgets > 0, e.g. [1.0, 2.0]"),

@@ -29,6 +29,15 @@ def test_each_check_fires_on_its_numbers_and_only_there(change, check):
     assert set(found) == {check}, found
 
 
+def test_the_probes_name_their_steps_and_restarts_and_the_checks_read_any_such_columns():
+    # the smoke setting's PGD-5 x 2: the same checks, on columns that say what ran
+    row = {k: v for k, v in HEALTHY.items() if k not in ("pgd-100x5@0.1 (aa)", "pgd-100@0.5 (aa)")}
+    row.update({"pgd-5x2@0.1 (aa)": 0.50, "pgd-5@0.5 (aa)": 0.40})
+    assert set(masking.check_row(pd.Series(row))) == {"restarts", "large_eps"}
+    assert masking.flags(pd.DataFrame([row])).iloc[0]["not checked"] == ""
+    assert masking.restarts_column("8/255", 5, 2) == "pgd-5x2@8/255 (aa)" and masking.large_column(5) == "pgd-5@0.5 (aa)"
+
+
 def test_restarts_and_autoattack_are_compared_on_the_same_images_or_not_at_all():
     row = {k: v for k, v in HEALTHY.items() if k != "pgd-rs@0.1 (aa)"}      # no PGD-20 on the AutoAttack images
     row["pgd-100x5@0.1 (aa)"] = 0.10                                       # far below pgd-rs@0.1, but on others
@@ -78,6 +87,8 @@ def test_a_masked_model_raises_the_flags_and_its_unmasked_twin_none(digits_model
     assert found["plain"] == "none found", table.round(3).to_dict("records")
     assert "flat" in found["quantised"] and "large_eps" in found["quantised"], found["quantised"]
     assert table.set_index("method").loc["quantised", masking.large_column()] > 0.5   # the attack cannot move it
+    short = masking.probe(models["plain"], x, y, eps="0.1", n=20, steps=3, restarts=2)
+    assert set(short) == {"pgd-rs@0.1 (aa)", "pgd-3x2@0.1 (aa)", "pgd-3@0.5 (aa)"}
     flagged = masking.summary({"t": table}).iloc[0]["flags"]
     assert flagged.startswith("quantised:") and "plain" not in flagged
 
