@@ -250,6 +250,6 @@ def setup(
     check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True    # fixed shapes: cuDNN picks its fastest convolution once per shape
+    if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest
+        torch.backends.cudnn.benchmark = True        # convolution per shape, at the cost of bitwise repeatability
     return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}))

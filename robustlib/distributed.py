@@ -65,9 +65,17 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def shard(loader) -> None:
     """Give a :class:`~robustlib.data.TensorLoader` (no sampler of its own) this process's shard of every
     epoch: a ``DistributedSampler`` seeded like the loader, so an epoch's order is the same on every rerun.
-    A loader of another kind must shard itself (e.g. a ``DataLoader`` with a ``DistributedSampler``)."""
-    if not active() or getattr(loader, "sampler", True) is not None:
+    A loader of another kind must shard itself (a ``DataLoader`` with a ``DistributedSampler``); any other
+    is refused, since every process would train on the same batches."""
+    if not active():
         return
+    sampler = getattr(loader, "sampler", False)
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        return
+    if sampler is not None or not hasattr(loader, "y"):
+        raise RobustlibError(f"under torchrun every process needs its own shard, and a {type(loader).__name__} has "
+                             "none: pass a robustlib.data.TensorLoader (fit shards it) or a DataLoader with a "
+                             "DistributedSampler")
     n = len(loader.y)
     if n < world():
         raise RobustlibError(f"{n} training images cannot be shared among {world()} processes; use fewer processes")

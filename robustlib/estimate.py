@@ -206,7 +206,8 @@ def _notebook_03(c: _Counter) -> None:
     c.attack("03", "strong: PGD-20 with a random start on AutoAttack's images", model, aa, k * PAPER_STEPS, k * 2)
     _autoattack(c, "03", "strong", model, aa * k, p.autoattack_attacks)
     _probes(c, "03", "methods table", model, aa, k)
-    _table(c, "03", "last vs best", p, 2 * (3 + len(p.trades_betas)), [p.main_eps], n)
+    # last and best of Ours, Ours (constrained), Madry, MART and each TRADES
+    _table(c, "03", "last vs best", p, 2 * (4 + len(p.trades_betas)), [p.main_eps], n)
 
 
 def _ablation_rows(cfg: RunConfig) -> list[tuple[RunConfig, str, str | None, float | None]]:

@@ -386,9 +386,10 @@ def check_dra_effect(cfg: RunConfig, theta_std: nn.Module, val, adversary: Adver
         _EFFECT[key] = (predict(theta_std, xa) != y).float().mean().item() if len(y) else float("nan")
     share = _EFFECT[key]
     if share != share:      # NaN: no correct prediction to change, so nothing shows the attack does anything
-        raise RobustlibError(f"theta_std classifies none of the first {images} held-out images correctly, so whether "
-                             f"{adversary.describe()} changes its predictions cannot be checked; train theta_std "
-                             f"again (notebook 02, retrain=True) or set dra_min_effect=0 to skip the check")
+        raise RobustlibError(f"theta_std classifies none of the first {min(images, len(val))} held-out images "
+                             f"correctly, so whether {adversary.describe()} changes its predictions cannot be "
+                             f"checked; train theta_std again (notebook 02, retrain=True) or set dra_min_effect=0 "
+                             f"to skip the check")
     if share < floor:
         p = cfg.profile
         raise RobustlibError(

@@ -168,14 +168,14 @@ class Profile:
             epochs=2,
             train_limit=min(self.train_limit or 512, 512),
             test_limit=min(self.test_limit or 256, 256),
-            eval_limit=min(self.eval_limit or 64, 64),
+            eval_limit=min(self.eval_limit or 32, 32),
             val_size=min(self.val_size, 64),
             ft_epochs=2,
             seeds=self.seeds[:1],
             ablation_seeds=self.ablation_seeds[:1],
             backbones=tuple(_narrow(b) for b in self.backbones[:2]),
             autoattack_limit=min(self.autoattack_limit, 8),
-            width=min(self.width, 8) if self.width else self.width,
+            width=min(self.width, 4) if self.width else self.width,     # ResNet-50 at width 4: seconds per epoch
             expected_clean_acc=None,
             dra_min_effect=0.0,   # two epochs on 512 images: no evidence either way about a budget's effect
             # as many attack steps as quick's (paper-mnist's 40 PGD and 20 DRA steps are the same code path)

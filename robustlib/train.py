@@ -37,7 +37,7 @@ from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
 from .losses import OBJECTIVES, Adversary, EpsSchedule, clean, replay_weights
 from .models import build_model, eval_mode, first_nonfinite, model_spec
-from .profiles import Profile, Recorder
+from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,9 +80,9 @@ def _plain(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-# each profile field's default: a checkpoint whose run did not read a field (added since) is accepted at it
-DEFAULTS = {f.name: _plain(f.default) for f in dataclasses.fields(Profile)
-            if f.default is not dataclasses.MISSING}
+# profile fields added after checkpoints were written, at the value that does what the code before them did:
+# a checkpoint whose run did not read one is accepted at that value (the fast paths, off)
+ADDED_SINCE = {"precision": "fp32", "channels_last": False}
 
 
 def settings_hash(settings: dict) -> str:
@@ -98,8 +98,7 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     profile fields the run consumes. Their hash equal to the checkpoint's accepts it at once; otherwise
     each field this run reads is compared with the fields the checkpoint's run read, and the first that
     differs, or that its run did not read, is named (a field only the old run read is no reason to
-    refuse, nor is one only this run reads at its default: a field added since, at the value that does what
-    the code before it did). A checkpoint written before settings were recorded holds the whole profile
+    refuse, nor is a field of ``ADDED_SINCE`` at the value that does what the code before it did). A checkpoint written before settings were recorded holds the whole profile
     (``profile_fields``) instead, and is accepted when every field this run reads agrees with it. ``fix``
     replaces the way out the messages name (``retrain=True``) for a caller that has another.
     """
@@ -121,8 +120,8 @@ def check_checkpoint(state: dict, path, *, expect: dict | None = None, settings:
     made = _plain(state.get("profile_fields") if legacy else state["settings"]) or {}
     now = _plain(settings)
     for f in now:
-        if f not in made and f in DEFAULTS and now[f] == DEFAULTS[f]:
-            continue     # a field added later, at the default that does what the code before it did
+        if f not in made and f in ADDED_SINCE and now[f] == ADDED_SINCE[f]:
+            continue     # a field added later, at the value that does what the code before it did
         if f not in made:
             why = "records no" if legacy else "was trained by a run that did not read"
             raise RobustlibError(f"{path} {why} {f}, which this run reads ({f}={now[f]!r}); {fix or RETRAIN}")
@@ -504,7 +503,8 @@ def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_wei
 
     t0 = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-           **_train_epoch(trained or model, loader, opt, updates, device=device, amp=amp, name=name, epoch=epoch)}
+           **_train_epoch(model if trained is None else trained, loader, opt, updates, device=device, amp=amp,
+                          name=name, epoch=epoch)}
     sched.step()
     if hasattr(objective, "end_epoch"):
         row.update(objective.end_epoch(model))

@@ -4,7 +4,7 @@
 
 Fine-tunes THETA (a digits-cnn state_dict) on scikit-learn's digits with the paper's objective and DRA, a
 global batch of 64 split among the processes, then process 0 writes clean and PGD accuracy on the test split
-and a hash of the weights to OUT.json. ``--stop-at-epoch E`` makes process 0 fail in epoch E's evaluation,
+and a hash of the weights to OUT.json; every process writes its own weights' hash to OUT.json.rank<r>. ``--stop-at-epoch E`` makes process 0 fail in epoch E's evaluation,
 after epoch E-1 was checkpointed (an interrupted run).
 """
 import argparse
@@ -45,12 +45,13 @@ def main():
     adversary = Adversary("dra", eps=EpsSchedule(6.0, 1.5, EPOCHS), p=1 / 3, steps=3)
     fit(model, loader, epochs=EPOCHS, lr=0.01, lr_schedule="constant", objective="finetune", adversary=adversary,
         evaluate=evaluate, device=device, run_dir=args.run_dir, name="ft", progress=False)
+    weights = hashlib.sha1(b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values()))
+    with open(f"{args.out}.rank{distributed.rank()}", "w") as f:     # every process: its own copy of the weights
+        json.dump({"weights": weights.hexdigest()}, f)
     if distributed.is_main():
         x, y = test.float_x(), test.y
-        weights = b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values())
         result = {"processes": distributed.world(), "natural": accuracy(model, x, y),
-                  "pgd@0.1": robust_accuracy(model, x, y, eps=0.1)[0]["robust_acc"],
-                  "weights": hashlib.sha1(weights).hexdigest()}
+                  "pgd@0.1": robust_accuracy(model, x, y, eps=0.1)[0]["robust_acc"], "weights": weights.hexdigest()}
         with open(args.out, "w") as f:
             json.dump(result, f)
 

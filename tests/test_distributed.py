@@ -53,12 +53,17 @@ def test_two_processes_fine_tune_like_one_and_resume_exactly(theta, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         results[n] = json.loads((tmp_path / f"out{n}.json").read_text())
     assert results[2]["processes"] == 2 and results[1]["processes"] == 1
+    # one model: gradients averaged across processes leave both with the very same weights (each trained on its
+    # own shard alone, they would differ)
+    ranks = [json.loads((tmp_path / f"out2.json.rank{r}").read_text())["weights"] for r in (0, 1)]
+    assert ranks[0] == ranks[1] == results[2]["weights"] != results[1]["weights"]
     for column, points in TOLERANCE.items():
         assert abs(results[2][column] - results[1][column]) <= points / 100, (column, results)
     assert results[1]["natural"] > 0.9                       # a fine-tune, not a broken model
-    # process 0 alone wrote the run's files; the metrics are those of both processes' batches
+    # one set of run files (process 0's), a row per epoch
     metrics = (tmp_path / "run2" / "metrics" / "ft.csv").read_text().splitlines()
     assert len(metrics) == 1 + 4 and (tmp_path / "run2" / "checkpoints" / "ft.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "run2" / "checkpoints").iterdir()) == ["ft.last.pt", "ft.pt"]
 
     stopped = torchrun(2, theta, tmp_path / "run2b", tmp_path / "out2b.json", "--stop-at-epoch", 3)
     assert stopped.returncode != 0 and not (tmp_path / "out2b.json").exists()
@@ -68,6 +73,20 @@ def test_two_processes_fine_tune_like_one_and_resume_exactly(theta, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming ft" in again.stdout + again.stderr
     assert json.loads((tmp_path / "out2b.json").read_text()) == results[2]     # the same weights, bit for bit
+
+
+def test_the_metrics_of_all_processes_are_reduced(monkeypatch):
+    # what every process logs is the mean over all processes' samples: sums and counts added, then divided
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t: t.mul_(2))     # as if a twin process held the same
+    sums, counts = distributed.reduce_sums({"loss": torch.tensor(6.0), "acc": torch.tensor(3.0)}, {"loss": 4, "acc": 4})
+    assert {k: float(v) for k, v in sums.items()} == {"acc": 6.0, "loss": 12.0} and counts == {"acc": 8, "loss": 8}
+
+
+def test_a_loader_that_cannot_be_sharded_is_refused_under_torchrun(monkeypatch):
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    with pytest.raises(distributed.RobustlibError, match="every process needs its own shard, and a list has none"):
+        distributed.shard([(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))])
 
 
 def test_one_process_changes_nothing():

@@ -148,5 +148,5 @@ def test_the_no_op_check_refuses_when_theta_std_gets_no_held_out_image_right(tmp
     x, y = images(100, n=16)
     wrong = ImageData("digits", "val", x, torch.zeros_like(y))       # Linear(100) says class 1 for every one
     adversary = Adversary("dra", eps=1.0, p=1 / 3, steps=2, budget="per_image")
-    with pytest.raises(RobustlibError, match="classifies none of the first 512 held-out images correctly"):
+    with pytest.raises(RobustlibError, match="classifies none of the first 16 held-out images correctly"):
         methods.check_dra_effect(cfg, Linear(100), wrong, adversary)

@@ -43,6 +43,11 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
     assert "ours-lin-tail-s0" not in names            # the profile's own schedule is notebook 03's run
     assert work["train ours-alt-s0"].unit[3] == 2 * 128   # the alternating replay at twice the batch
     assert {w.notebook for w in items} == {"00", "01", "02", "03", "04", "05"}
+    # notebook 03's last vs best: Ours, Ours (constrained), Madry, MART and both TRADES, two models each, PGD-20
+    # under two protocols at main_eps on the 360 test images
+    assert work["last vs best"].count == 2 * (4 + 2) * 2 * 20 * 360
+    # the masking probes on the first seed's 8 models, 100 AutoAttack images: PGD-20 + PGD-100 x (5 + 1)
+    assert work["methods table (masking probes)"].count == 8 * (20 + 100 * 6) * 100
 
 
 def test_finished_runs_are_loaded_not_counted(tmp_path):
