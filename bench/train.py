@@ -1,0 +1,223 @@
+"""Training speed against its floor, measured in one run: each method's epoch in images per second, with and
+without the fast paths, and as a ratio to its floor. Prints a table and appends it to a JSON file.
+
+The floor of a method is the passes its algorithm must make per batch, each pass timed bare (no loop, no
+loader, no bookkeeping) on the same model, batch, device and fast paths:
+
+    grad    an attack step: forward + backward to the input only, eval mode (T per batch)
+    fwd     a forward pass without gradients (TRADES' clean target)
+    train   a forward + backward with weight gradients, train mode, on one batch of B images
+    cat     the same on the clean batch and its adversarial copy together (2B images: the paper's replay)
+    step    one optimiser update
+
+A method's epoch is the real ``fit`` (the objective, adversary, replay and fast paths its runs use, as
+``robustlib.estimate`` sets them up) over ``--batches`` batches of random images. ratio = epoch / floor:
+1.00 means no overhead. Targets (issue 14): every method within 1.15x of its floor, the DRA fine-tune
+within 1.10x. The ``made`` column counts the forward passes the code really makes per batch (a hook), so a
+wasted pass shows even where a timing would hide it.
+
+    .venv/bin/python bench/train.py --profile quick
+    python3 bench/train.py --profile paper-cifar10 --device cuda --fast both     # fp32 vs the fast paths
+
+Each contender is warmed up once, then all are timed in turn, round after round (interleaved, so a load
+that comes and goes hits them alike); the median of the rounds is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from the tree, installed or not
+
+from robustlib.config import resolve_device                                            # noqa: E402
+from robustlib.estimate import _fit_kwargs, _random_images                             # noqa: E402
+from robustlib.data import TensorLoader                                                # noqa: E402
+from robustlib.io import atomic_open, read_json                                        # noqa: E402
+from robustlib.models import eval_mode, model_spec                                     # noqa: E402
+from robustlib.config import get_profile                                             # noqa: E402
+from robustlib.train import PRECISIONS, build_fast, fit, make_optimizer, resolve_precision   # noqa: E402
+
+# the passes each method's algorithm must make per batch (T: the profile's attack steps)
+MUST = {
+    "clean": lambda T: {"train": 1, "step": 1},
+    "madry+pgd": lambda T: {"grad": T, "train": 1, "step": 1},
+    "trades+pgd": lambda T: {"fwd": 1, "grad": T, "train": 2, "step": 1},   # clean and adversarial passes apart
+    "mart+pgd": lambda T: {"grad": T, "train": 2, "step": 1},
+    "ours+pgd": lambda T: {"grad": T, "cat": 1, "step": 1},
+    "ours+dra": lambda T: {"grad": T, "cat": 1, "step": 1},
+    "ours+dra/alternating": lambda T: {"grad": T, "train": 2, "step": 2},    # a clean update, then the DRA one
+}
+TARGET = {"ours+dra": 1.10}
+DEFAULT_TARGET = 1.15
+
+
+def interleaved_medians(fns: dict, rounds: int, sync) -> dict:
+    """Median seconds per call of each function, timed in rotating order over ``rounds`` rounds."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        names = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+        for k in names:
+            sync()
+            t0 = time.perf_counter()
+            fns[k]()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def steps_of(p, kind: str) -> int:
+    return p.dra_steps if "+dra" in kind else p.at_steps
+
+
+class PassCounter:
+    """Forward passes of a model per kind (``grad``/``fwd`` in eval mode, ``train`` in train mode), in images."""
+
+    def __init__(self, model):
+        self.images = {"grad": 0, "fwd": 0, "train": 0}
+        self.on = False
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out):
+        if self.on:
+            kind = "train" if module.training else ("grad" if torch.is_grad_enabled() else "fwd")
+            self.images[kind] += len(args[0])
+
+
+def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int) -> list[dict]:
+    precision = resolve_precision(p.precision, device) if fast else "fp32"
+    plan = {"precision": precision, "channels_last": bool(p.channels_last) and fast}
+    dtype = PRECISIONS[precision]
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(
+        device.type, enabled=False))
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    torch.backends.cudnn.benchmark = plan["channels_last"] and device.type == "cuda"
+    torch.manual_seed(0)
+
+    # the bare passes, on one model in this format
+    net = build_fast(model_spec(p), device, plan)
+    opt, _ = make_optimizer(net, lr=1e-3, momentum=p.momentum, weight_decay=p.weight_decay, epochs=1,
+                            lr_schedule="constant")
+    data = _random_images(p, 2 * batch)
+    x2, y2 = data.float_x().to(device), data.y.to(device)
+    x, y = x2[:batch], y2[:batch]
+
+    def grad():
+        with eval_mode(net), autocast(), torch.enable_grad():
+            xi = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(net(xi), y, reduction="sum"), xi)
+
+    def fwd():
+        with eval_mode(net), autocast(), torch.no_grad():
+            net(x)
+
+    def train_pass(xb, yb):
+        net.train()
+        with autocast():
+            loss = F.cross_entropy(net(xb), yb)
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    def step():
+        opt.step()
+
+    unit = interleaved_medians({"grad": grad, "fwd": fwd, "train": lambda: train_pass(x, y),
+                                "cat": lambda: train_pass(x2, y2), "step": step}, rounds, sync)
+
+    # each method's real epoch
+    loaders, kwargs, nets, made = {}, {}, {}, {}
+    for kind in kinds:
+        q = dataclasses.replace(p, batch_size=batch)
+        nets[kind] = build_fast(model_spec(q), device, plan)
+        kwargs[kind] = dict(_fit_kwargs(q, kind), lr=1e-3, lr_schedule="constant", device=device, progress=False,
+                            precision=precision)
+        loaders[kind] = TensorLoader(_random_images(q, batch * batches), batch_size=batch, shuffle=True,
+                                     augment=q.augment, device=device, in_memory=q.in_memory)
+        counter = PassCounter(nets[kind])
+        one = TensorLoader(_random_images(q, batch), batch_size=batch, augment=q.augment, device=device,
+                           in_memory=q.in_memory)
+        counter.on = True
+        fit(nets[kind], one, epochs=1, **kwargs[kind])
+        counter.on = False
+        made[kind] = {k: v / batch for k, v in counter.images.items() if v}
+    epoch = interleaved_medians({k: (lambda k=k: fit(nets[k], loaders[k], epochs=1, **kwargs[k])) for k in kinds},
+                                rounds, sync)
+    rows = []
+    for kind in kinds:
+        must = MUST[kind](steps_of(p, kind))
+        floor = sum(n * unit[k] for k, n in must.items()) * batches
+        rows.append({"method": kind, "fast": fast, "precision": precision, "channels_last": plan["channels_last"],
+                     "images_per_s": batch * batches / epoch[kind], "epoch_s": epoch[kind], "floor_s": floor,
+                     "ratio": epoch[kind] / floor, "target": TARGET.get(kind, DEFAULT_TARGET),
+                     "must": must, "made": made[kind]})
+    return [{"units_s": unit, "fast": fast, "precision": precision}] + rows
+
+
+def _passes(d: dict) -> str:
+    return " ".join(f"{k}{'x' + format(v, 'g') if v != 1 else ''}" for k, v in d.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", help="another model than the profile's (e.g. resnet18)")
+    ap.add_argument("--width", type=int, help="another width than the profile's")
+    ap.add_argument("--batch", type=int, help="batch size (default: the profile's)")
+    ap.add_argument("--batches", type=int, default=4, help="batches per timed epoch")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fast", choices=["off", "on", "both"], help="the fast paths (default: both on CUDA, off elsewhere)")
+    ap.add_argument("--methods", nargs="+", default=list(MUST), choices=list(MUST))
+    ap.add_argument("--out", default="runs/bench/train.json")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    p = get_profile(args.profile)
+    p = dataclasses.replace(p, **{k: v for k, v in (("model", args.model), ("width", args.width)) if v})
+    if p.dra_budget == "paper":     # the reading changes a budget, not a step's cost
+        p = dataclasses.replace(p, dra_budget="per_image")
+    batch = args.batch or p.batch_size
+    fast = args.fast or ("both" if device.type == "cuda" else "off")
+    results = []
+    for f in {"off": [False], "on": [True], "both": [False, True]}[fast]:
+        results += bench(p, device, f, args.methods, batch=batch, batches=args.batches, rounds=args.rounds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"{p.name}: {p.model} width {p.width}, batch {batch}, {args.batches} batches per epoch, {device} ({name}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+    for r in results:
+        if "units_s" in r:
+            print(f"\n{r['precision']}{' + channels_last' if r['fast'] and p.channels_last else ''}: bare passes per "
+                  "batch " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in r["units_s"].items()))
+            print(f"  {'method':<22} {'images/s':>9} {'ratio':>6} {'target':>6}  {'must (per batch)':<24} made")
+            continue
+        ok = "" if r["ratio"] <= r["target"] else "  over"
+        print(f"  {r['method']:<22} {r['images_per_s']:9.0f} {r['ratio']:6.2f} {r['target']:6.2f}  "
+              f"{_passes(r['must']):<24} {_passes(r['made'])}{ok}")
+    by = {(r["method"], r["fast"]): r for r in results if "method" in r}
+    if fast == "both":
+        print("\nfast paths: epoch speed-up over fp32 " + ", ".join(
+            f"{m} {by[(m, False)]['epoch_s'] / by[(m, True)]['epoch_s']:.2f}x" for m in args.methods))
+    out = Path(args.out)
+    history = read_json(out, default=[])
+    history.append({"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "device": str(device), "device_name": name, "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "profile": p.name, "model": f"{p.model} width {p.width}",
+                    "batch": batch, "batches": args.batches, "rounds": args.rounds, "results": results})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out) as f:
+        json.dump(history, f, indent=2)
+    print(f"appended to {out}")
+
+
+if __name__ == "__main__":
+    main()
