@@ -24,8 +24,9 @@ test: $(STAMP)  ## unit tests + nbval over every notebook in the smoke setting
 lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)  ## attack speed ratios, appended to runs/bench/attacks.json
+bench: $(STAMP)  ## speed ratios (attacks, each method's epoch vs its floor), appended to runs/bench/*.json
 	$(PY) bench/attacks.py
+	$(PY) bench/train.py --profile $(PROFILE)
 
 EXAMPLE := docs/example-report/$(PROFILE)
 example-report:  ## copy runs/$(PROFILE)'s report, its tables and PNG figures to docs/example-report/$(PROFILE)

@@ -18,27 +18,11 @@ import platform
 from pathlib import Path
 
 import torch
-import statistics
-import time
-
+from _timing import interleaved_medians          # bench/, on the path when run as a script
 from robustlib.attacks import dra, input_gradient, pgd
 from robustlib.io import atomic_open, read_json
 from robustlib.models import build_model
 from robustlib.config import resolve_device
-
-
-def interleaved_medians(fns: dict, rounds: int) -> dict:
-    """Median seconds per call of each function, timed in rotating order over ``rounds`` rounds."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for r in range(rounds):
-        names = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
-        for k in names:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -72,7 +56,7 @@ def main() -> None:
         fns["torchattacks_pgd"] = lambda: atk(x, y)
     except ImportError:
         pass
-    t = interleaved_medians(fns, args.rounds)
+    t = interleaved_medians(fns, args.rounds, device)
     result = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.machine(), "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "model": f"{args.model} width {args.width}",

@@ -4,7 +4,8 @@ without the fast paths, and as a ratio to its floor. Prints a table and appends 
 The floor of a method is the passes its algorithm must make per batch, each pass timed bare (no loop, no
 loader, no bookkeeping) on the same model, batch, device and fast paths:
 
-    grad    an attack step: forward + backward to the input only, eval mode (T per batch)
+    grad    an attack step: forward + backward to the input only, eval mode (T per batch; timed as T passes
+            back to back, as an attack makes them)
     fwd     a forward pass without gradients (TRADES' clean target)
     train   a forward + backward with weight gradients, train mode, on one batch of B images
     cat     the same on the clean batch and its adversarial copy together (2B images: the paper's replay)
@@ -29,9 +30,7 @@ import dataclasses
 import datetime
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from the tree, installed or not
 
+from _timing import interleaved_medians                                              # noqa: E402
 from robustlib.config import resolve_device                                            # noqa: E402
 from robustlib.estimate import _fit_kwargs, _random_images                             # noqa: E402
 from robustlib.data import TensorLoader                                                # noqa: E402
@@ -59,22 +59,6 @@ MUST = {
 }
 TARGET = {"ours+dra": 1.10}
 DEFAULT_TARGET = 1.15
-
-
-def interleaved_medians(fns: dict, rounds: int, sync) -> dict:
-    """Median seconds per call of each function, timed in rotating order over ``rounds`` rounds."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for r in range(rounds):
-        names = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
-        for k in names:
-            sync()
-            t0 = time.perf_counter()
-            fns[k]()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def steps_of(p, kind: str) -> int:
@@ -101,7 +85,6 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
     dtype = PRECISIONS[precision]
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(
         device.type, enabled=False))
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.backends.cudnn.benchmark = plan["channels_last"] and device.type == "cuda"
     torch.manual_seed(0)
 
@@ -113,10 +96,13 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
     x2, y2 = data.float_x().to(device), data.y.to(device)
     x, y = x2[:batch], y2[:batch]
 
-    def grad():
+    block = max(p.at_steps, p.dra_steps)
+
+    def grad():     # back to back in one eval-mode switch, as an attack makes its T passes
         with eval_mode(net), autocast(), torch.enable_grad():
-            xi = x.detach().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(net(xi), y, reduction="sum"), xi)
+            for _ in range(block):
+                xi = x.detach().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(net(xi), y, reduction="sum"), xi)
 
     def fwd():
         with eval_mode(net), autocast(), torch.no_grad():
@@ -133,7 +119,8 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
         opt.step()
 
     unit = interleaved_medians({"grad": grad, "fwd": fwd, "train": lambda: train_pass(x, y),
-                                "cat": lambda: train_pass(x2, y2), "step": step}, rounds, sync)
+                                "cat": lambda: train_pass(x2, y2), "step": step}, rounds, device)
+    unit["grad"] /= block
 
     # each method's real epoch
     loaders, kwargs, nets, made = {}, {}, {}, {}
@@ -152,7 +139,7 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
         counter.on = False
         made[kind] = {k: v / batch for k, v in counter.images.items() if v}
     epoch = interleaved_medians({k: (lambda k=k: fit(nets[k], loaders[k], epochs=1, **kwargs[k])) for k in kinds},
-                                rounds, sync)
+                                rounds, device)
     rows = []
     for kind in kinds:
         must = MUST[kind](steps_of(p, kind))

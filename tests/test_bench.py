@@ -1,0 +1,33 @@
+"""The benchmark scripts run and count right (their timings are printed, never asserted: no timed tests)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_each_method_makes_exactly_the_passes_its_algorithm_must(tmp_path):
+    out = tmp_path / "train.json"
+    r = subprocess.run([sys.executable, "bench/train.py", "--profile", "quick", "--batches", "1", "--rounds", "1",
+                        "--device", "cpu", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ratio" in r.stdout and "appended to" in r.stdout
+    rows = [x for x in json.loads(out.read_text())[-1]["results"] if "method" in x]
+    assert len(rows) == 7
+    for row in rows:
+        must, made = row["must"], row["made"]
+        # forward passes in images per batch image: a "cat" pass is one over twice the batch
+        assert made.get("grad", 0) == must.get("grad", 0), row
+        assert made.get("fwd", 0) == must.get("fwd", 0), row
+        assert made.get("train", 0) == must.get("train", 0) + 2 * must.get("cat", 0), row
+        assert row["floor_s"] > 0 and row["epoch_s"] > 0 and row["images_per_s"] > 0
+
+
+def test_the_attack_benchmark_prints_its_ratio(tmp_path):
+    r = subprocess.run([sys.executable, "bench/attacks.py", "--width", "4", "--batch", "8", "--steps", "2",
+                        "--rounds", "1", "--device", "cpu", "--out", str(tmp_path / "a.json")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "a.json").read_text())[-1]
+    assert result["dra_over_bare"] > 0 and "ratio" in r.stdout
