@@ -59,17 +59,22 @@ def _overrides(text: str | None, path: str | None) -> dict:
 def _estimate(args) -> int:
     from . import estimate
     from .config import setup
+    from .launch import parse_nproc
 
     if args.batches < 1:
         raise RobustlibError(f"--batches {args.batches} is invalid: time at least 1 batch per kind of work")
     cfg = setup(args.profile, device=args.device, run_dir=args.run_dir, smoke=args.smoke, create=False,
                 overrides=_overrides(args.overrides, args.overrides_file))
+    nproc = parse_nproc(args.nproc, "--nproc") if args.nproc is not None else 1   # this machine need not have them
     only = [str(n)[:2] for n in args.only] if args.only else None
     done = estimate.finished_runs(cfg)
     print(f"estimating profile {cfg.profile.name!r}{' (smoke)' if cfg.smoke else ''} on {cfg.device}"
           f"{f': {len(done)} finished run(s) in {cfg.run_dir} are not counted' if done else ''} ...", flush=True)
-    table = estimate.estimate(cfg, only=only, batches=args.batches, done=done, progress=args.verbose)
+    table = estimate.estimate(cfg, only=only, batches=args.batches, done=done, progress=args.verbose, nproc=nproc)
     print(estimate.summary(table))
+    if nproc > 1:
+        print(f"training divided by {nproc} processes as if they scaled perfectly (a lower bound); attacks and "
+              f"evaluation stay in the notebook's one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)
@@ -95,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--retrain", action="store_true", help="train again even if the run directory has checkpoints")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
     run.add_argument("--no-estimate", action="store_true", help="start without printing the predicted wall time")
+    run.add_argument("--nproc", default=None, help="train each run with this many processes under torchrun, one GPU "
+                                                  "each on CUDA (default: $ROBUSTLIB_NPROC or 1)")
     est = sub.add_parser("estimate", help="predict the wall time of the notebooks on a device",
                          description="Count the work of notebooks 00-05 from the profile and time each kind of "
                                      "work for a few batches on the device; print the predicted wall time per "
                                      "notebook and in total. Runs already finished in the run directory are not "
                                      "counted. Writes nothing.")
-    for flag in ("--profile", "--device", "--run-dir", "--overrides", "--overrides-file"):
+    for flag in ("--profile", "--device", "--run-dir", "--overrides", "--overrides-file", "--nproc"):
         est.add_argument(flag, default=run.get_default(flag[2:].replace("-", "_")),
                          help=next(a.help for a in run._actions if flag in a.option_strings))
     est.add_argument("--only", nargs="+", metavar="NN", help="estimate only these notebooks, e.g. --only 03 04")
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
                      only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
-                     retrain=args.retrain, log_output=args.log_output, estimate=not args.no_estimate)
+                     retrain=args.retrain, log_output=args.log_output, estimate=not args.no_estimate,
+                     nproc=args.nproc)
         return 0
     except RobustlibError as e:
         print(f"error: {e}", file=sys.stderr)

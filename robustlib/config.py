@@ -165,6 +165,8 @@ class RunConfig:
     overrides: dict = field(default_factory=dict)
     # the variants this configuration was made with, in order: (tag, names of the fields it changed)
     changes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # processes a run that must be trained is trained by, under torchrun (robustlib.launch); 1: in this process
+    nproc: int = 1
 
     @property
     def tag(self) -> str:
@@ -198,7 +200,7 @@ class RunConfig:
         p = self.profile
         lines = [
             f"profile    {p.name}{'  (SMOKE: tiny setting for tests)' if p.smoke else ''}: {p.description}",
-            f"device     {self.device}",
+            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else ""),
             f"run_dir    {self.run_dir}",
             f"data_root  {self.data_root}",
             f"overrides  {self.overrides or '{}'}",
@@ -216,13 +218,16 @@ def setup(
     overrides: dict | None = None,
     smoke: bool | None = None,
     create: bool = True,
+    nproc: int | None = None,
 ) -> RunConfig:
     """Build the run configuration from a notebook's parameters.
 
     ``run_dir`` defaults to ``runs/<profile>`` (``runs/<profile>-smoke`` in the smoke setting) at the
     repository root, or under ``$ROBUSTLIB_RUNS``; ``data_root`` to ``data/`` or ``$ROBUSTLIB_DATA``.
     ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``. ``create=False`` only resolves the
-    paths (a cost estimate reads the run directory, never writes it).
+    paths (a cost estimate reads the run directory, never writes it). ``nproc`` (default ``$ROBUSTLIB_NPROC``
+    or 1): the processes each run that must be trained is trained by, under torchrun (:mod:`robustlib.launch`);
+    the profile's batch stays the global batch.
 
     Example
     -------
@@ -240,16 +245,20 @@ def setup(
     if smoke:
         prof = prof.shrink_for_smoke()
     dev = resolve_device(device)
+    from .launch import check, parse_nproc, requested
+    nproc = requested() if nproc is None else parse_nproc(nproc)
+    check(nproc, dev, prof.batch_size)
     if run_dir in (None, ""):
         base = Path(os.environ.get(RUNS_ENV) or repo_root() / "runs")
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
     if data_root in (None, ""):
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
     if not create:
-        return RunConfig(prof, dev, Path(run_dir).expanduser().resolve(), Path(data_root).expanduser(), dict(overrides or {}))
+        return RunConfig(prof, dev, Path(run_dir).expanduser().resolve(), Path(data_root).expanduser(), dict(overrides or {}),
+                         nproc=nproc)
     check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
     if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest
         torch.backends.cudnn.benchmark = True        # convolution per shape, at the cost of bitwise repeatability
-    return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}))
+    return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}), nproc=nproc)

@@ -30,7 +30,7 @@ from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
 from .config import RunConfig, apply_overrides, get_profile
 from .data import ImageData, load_splits, split_validation
 from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict, robust_fraction, run_attack
-from . import masking
+from . import launch, masking
 from .io import RobustlibError, read_json, write_json
 from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
 from .models import model_spec
@@ -241,6 +241,10 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
     run = build_run(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress)
     described = run["adversary"].describe() if run["adversary"] else "none"
     loaded = load_run(cfg, run["name"], run["meta"], retrain=retrain)
+    if loaded is None and launch.wanted(cfg):      # nproc > 1: torchrun's processes train it, then it is loaded
+        launch.train_elsewhere(cfg, "robustlib.methods:train_method", {"method": method, "seed": seed,
+                               "adversary": adversary, "beta": beta}, name=run["name"], data=data, progress=progress)
+        loaded = load_run(cfg, run["name"], run["meta"])
     if loaded is None:
         model, history = _train(cfg, run, progress)
         best = load_best(cfg, run["name"], run["meta"])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .io import LOCK_ENV, RobustlibError, ensure_dir, read_json, remove_stale_temporaries, run_lock, write_json
 from .config import SMOKE_ENV, repo_root, setup, smoke_requested
+from .launch import NPROC_ENV
 from . import data, report
 
 OUTPUT_DIRS = ("notebooks", "figures", "tables", "metrics", "checkpoints", "attack_state")
@@ -98,17 +99,19 @@ def _record_timing(cfg, stem: str, entry: dict) -> None:
 def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str | None = None,
                  data_root: str | None = None, only: list[str] | None = None, overrides: dict | None = None,
                  smoke: bool | None = None, retrain: bool = False, log_output: bool = False,
-                 estimate: bool = True) -> Path:
+                 estimate: bool = True, nproc: int | None = None) -> Path:
     """Execute the notebooks for ``profile`` and return the run directory.
 
     Everything is validated before the first notebook starts (profile, overrides, device, the dataset's
     files, writable output folders, the run directory free of another run), so a typo fails in a second with
     one line instead of after a long notebook. Ctrl-C (or a signal turned into ``KeyboardInterrupt``) raises
     :class:`Interrupted`, naming the notebooks completed. ``estimate``: print the predicted wall time of a
-    full (not smoke) run before it starts.
+    full (not smoke) run before it starts. ``nproc`` > 1: each run that must be trained is trained by that many
+    processes under torchrun (:mod:`robustlib.launch`; default ``$ROBUSTLIB_NPROC`` or 1).
     """
     smoke = smoke_requested() if smoke is None else smoke
-    cfg = setup(profile, device=device, run_dir=run_dir, data_root=data_root, overrides=overrides, smoke=smoke)
+    cfg = setup(profile, device=device, run_dir=run_dir, data_root=data_root, overrides=overrides, smoke=smoke,
+                nproc=nproc)
     books = list_notebooks(only)
     data.check_files(cfg.profile.dataset, cfg.data_root)
     completed: list[str] = []
@@ -137,7 +140,7 @@ def _print_estimate(cfg, books: list[Path], *, profile, device, overrides) -> No
 
     cmd = [sys.executable, "-m", "robustlib", "estimate", "--profile", profile, "--device", device,
            "--run-dir", str(cfg.run_dir), "--overrides", yaml.safe_dump(dict(overrides or {}), default_flow_style=True),
-           "--only", *[b.name[:2] for b in books]]
+           "--only", *[b.name[:2] for b in books], "--nproc", str(cfg.nproc)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = done.stdout.strip().splitlines()
     if done.returncode:
@@ -153,9 +156,11 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
     from nbclient.exceptions import DeadKernelError
 
     os.environ[SMOKE_ENV] = "1" if smoke else "0"     # the kernels inherit it; the config cell honours it
+    os.environ[NPROC_ENV] = str(cfg.nproc)            # likewise: the processes each training run is trained by
     os.environ.setdefault("TQDM_MININTERVAL", "5")   # few progress updates: no IOPub flood under papermill
     out_dir = cfg.path("notebooks")
-    print(f"{'smoke' if smoke else 'full'} run of profile {profile!r} on {cfg.device}: {len(books)} notebook(s)"
+    print(f"{'smoke' if smoke else 'full'} run of profile {profile!r} on {cfg.device}"
+          f"{f' (training: {cfg.nproc} processes)' if cfg.nproc > 1 else ''}: {len(books)} notebook(s)"
           f" -> {cfg.run_dir}", flush=True)
     for nb in books:
         out = out_dir / nb.name

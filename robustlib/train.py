@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, launch
 from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
@@ -695,8 +695,13 @@ def loader_plan(p) -> dict:
 def make_train_loader(cfg, train, *, seed: int | None = None, plan: dict | None = None) -> TensorLoader:
     """The profile's seeded training batches, shuffled; ``plan`` from :func:`loader_plan` (default: the profile's).
     Where the data sits (``in_memory``) changes no number, so no run records it."""
-    p = cfg.profile
-    return TensorLoader(train, shuffle=True, **(plan or loader_plan(p)), seed=p.seed if seed is None else seed,
+    p, plan = cfg.profile, dict(plan or loader_plan(cfg.profile))
+    if distributed.active():        # under torchrun the profile's batch is the global one: each process takes its part
+        if plan["batch_size"] % distributed.world():
+            raise RobustlibError(f"batch_size {plan['batch_size']} cannot be split evenly among {distributed.world()} "
+                                 f"processes; use a process count that divides it")
+        plan["batch_size"] //= distributed.world()
+    return TensorLoader(train, shuffle=True, **plan, seed=p.seed if seed is None else seed,
                         device=cfg.device, in_memory=p.in_memory)
 
 
@@ -775,6 +780,10 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
         return model.to(memory_format=torch.contiguous_format).eval(), history   # evaluated as a loaded one
 
     loaded = load_run(cfg, name, meta, retrain=retrain)
+    if loaded is None and launch.wanted(cfg):      # nproc > 1: torchrun's processes train it, then it is loaded
+        launch.train_elsewhere(cfg, "robustlib.train:pretrain", {"seed": seed}, name=name, data=data,
+                               progress=progress)
+        loaded = load_run(cfg, name, meta)
     if loaded is None:
         return train()
     if progress:

@@ -97,3 +97,54 @@ def test_one_process_changes_nothing():
     assert loader.sampler is None
     sums, counts = {"a": torch.tensor(3.0)}, {"a": 2}
     assert distributed.reduce_sums(sums, counts) == (sums, counts) and distributed.from_main(7) == 7
+
+
+def test_a_notebook_run_with_nproc_2_trains_under_torchrun_then_loads(tmp_path, capfd):
+    """``setup(nproc=2)``: each run that must be trained is trained by 2 processes (robustlib.launch), with the
+    profile's batch as the global batch; the caller gets the finished run, and a second call only loads it."""
+    import robustlib
+    from robustlib import methods, train
+    from robustlib.io import load_torch
+
+    # the command line: notebook 02 trains theta_std under torchrun (run --nproc reaches the kernel)
+    r = subprocess.run([sys.executable, "-m", "robustlib", "run", "--profile", "quick", "--smoke", "--device", "cpu",
+                        "--only", "02", "--nproc", "2", "--run-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "(training: 2 processes)" in r.stdout
+    assert load_torch(tmp_path / "run" / "checkpoints" / "vanilla.last.pt")["fit_args"]["processes"] == 2
+    # the library: a method's run, trained by 2 processes, then loaded in this one
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "run"), smoke=True, nproc=2)
+    train.pretrain(cfg, progress=False)                                # finished: loaded, not trained
+    res = methods.train_method(cfg, "ours", adversary="dra", progress=False)
+    out = capfd.readouterr().out
+    assert "vanilla: training under torchrun" not in out
+    assert "ours-s0: training under torchrun with 2 processes" in out
+    assert "Grad strides" not in out
+    assert len(res["history"]) == cfg.profile.ft_epochs and res["history"]["val_robust_acc"].notna().all()
+    state = load_torch(cfg.path("checkpoints", "ours-s0.last.pt"))
+    batches = state["fit_args"]["batches"]
+    one = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "one"), smoke=True)
+    train_images = len(methods.build_run(one, "ours", adversary="dra", progress=False)["train"])
+    # 2 processes, half the batch each: as many updates per epoch as one process with the whole batch
+    assert state["fit_args"]["processes"] == 2
+    shard = -(-train_images // 2)                                      # DistributedSampler pads to equal shards
+    assert batches == -(-shard // (cfg.profile.batch_size // 2)) == -(-train_images // cfg.profile.batch_size)
+    assert not list(cfg.path("checkpoints").glob(".*launch.pt"))      # the call's file is gone
+    again = methods.train_method(cfg, "ours", adversary="dra", progress=False)
+    assert "torchrun" not in capfd.readouterr().out
+    assert torch.equal(next(iter(again["model"].state_dict().values())), next(iter(res["model"].state_dict().values())))
+
+
+def test_a_process_count_that_cannot_run_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    import robustlib
+    from robustlib.io import RobustlibError
+
+    with pytest.raises(RobustlibError, match="nproc=0 is invalid"):
+        robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "a"), nproc=0)
+    with pytest.raises(RobustlibError, match="batch_size 128 cannot be split evenly among 3 processes"):
+        robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "b"), nproc=3, smoke=False)
+    monkeypatch.setenv("ROBUSTLIB_NPROC", "two")
+    with pytest.raises(RobustlibError, match="ROBUSTLIB_NPROC='two' is invalid"):
+        robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

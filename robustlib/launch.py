@@ -1,0 +1,123 @@
+"""A notebook's training under ``torchrun``: with ``nproc > 1``, each run that must be trained is trained by
+``nproc`` processes, and the notebook then loads the checkpoint they wrote, as it loads any finished run.
+
+    python -m robustlib run --profile paper-cifar10 --nproc 8        # every notebook trains on 8 GPUs
+
+``robustlib.setup(..., nproc=N)`` (or the environment variable ``ROBUSTLIB_NPROC``, which ``run --nproc``
+sets for its kernels) asks for it. :func:`robustlib.train.pretrain` and
+:func:`robustlib.methods.train_method` then hand the training to :func:`train_elsewhere`: it writes the call
+(the configuration, the arguments and the data) to a file in the run directory, starts
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m robustlib.launch <that file>
+
+and passes the processes' output through. Each process joins the group (:func:`robustlib.distributed.init`:
+NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU) and makes the same call, which trains under
+DistributedDataParallel (:func:`robustlib.train.fit`): the profile's ``batch_size`` stays the global batch,
+each process taking ``batch_size / N`` of it; process 0 writes the checkpoints. Stopped anywhere, the same
+command resumes the run with the same number of processes. Evaluation stays in the notebook's process, on
+one device. Several machines: run the notebooks' code under ``torchrun`` yourself (README).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .io import RobustlibError, ensure_dir
+
+NPROC_ENV = "ROBUSTLIB_NPROC"
+
+
+def parse_nproc(value, where: str = "nproc") -> int:
+    """A process count: an integer >= 1 (refused in one line otherwise)."""
+    try:
+        n = int(value)
+        if n != float(value) or n < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise RobustlibError(f"{where}={value!r} is invalid: use a whole number of processes >= 1") from None
+    return n
+
+
+def requested() -> int:
+    """The process count the environment asks for (``ROBUSTLIB_NPROC``; 1 when unset)."""
+    value = os.environ.get(NPROC_ENV, "").strip()
+    return parse_nproc(value, NPROC_ENV) if value else 1
+
+
+def check(nproc: int, device: torch.device, batch_size: int) -> None:
+    """Refuse, before anything trains, what cannot run with ``nproc`` processes on ``device``."""
+    if nproc <= 1:
+        return
+    if device.type == "cuda" and torch.cuda.device_count() < nproc:
+        raise RobustlibError(f"nproc={nproc} asks for one GPU per process, but this machine has "
+                             f"{torch.cuda.device_count()}; use nproc <= {torch.cuda.device_count()}")
+    if batch_size % nproc:
+        raise RobustlibError(f"batch_size {batch_size} cannot be split evenly among {nproc} processes (the profile's "
+                             f"batch is the global batch); use a process count that divides it")
+
+
+def wanted(cfg) -> bool:
+    """True where a run of ``cfg`` must be trained by :func:`train_elsewhere` (not already inside torchrun)."""
+    return getattr(cfg, "nproc", 1) > 1 and not distributed.active()
+
+
+def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progress: bool = True) -> None:
+    """Make ``call`` (``"robustlib.train:pretrain"``, ``"robustlib.methods:train_method"``) with ``cfg`` and
+    ``kwargs`` in ``cfg.nproc`` processes under torchrun; return once they have finished the run ``name``.
+    Their output is passed through; a failure is one line naming the run and the processes' last error."""
+    spec = ensure_dir(cfg.path("checkpoints")) / f".{name}.launch.pt"
+    torch.save({"call": call, "cfg": dataclasses.replace(cfg, device=torch.device(cfg.device.type)),
+                "kwargs": kwargs, "data": data, "progress": progress}, spec)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.nproc),
+           "-m", "robustlib.launch", str(spec)]
+    print(f"{name}: training under torchrun with {cfg.nproc} processes", flush=True)
+    tail = ""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get(
+                                    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))})
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                text = chunk.decode(errors="replace")
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                tail = (tail + text)[-4000:]
+            code = proc.wait()
+        except BaseException:           # interrupted: stop the processes (their finished epochs are checkpointed)
+            proc.terminate()
+            proc.wait()
+            raise
+    finally:
+        spec.unlink(missing_ok=True)
+    if code:
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+        why = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
+        raise RobustlibError(f"{name}: training under torchrun with {cfg.nproc} processes failed (exit {code}): "
+                             f"{why or (lines[-1] if lines else 'no output')}")
+
+
+def _main(spec_path: str) -> int:
+    spec = torch.load(spec_path, weights_only=False)
+    module, _, fn = spec["call"].partition(":")
+    call = getattr(__import__(module, fromlist=[fn]), fn)
+    try:
+        device = distributed.init(spec["cfg"].device)
+        cfg = dataclasses.replace(spec["cfg"], device=device)
+        call(cfg, **spec["kwargs"], data=spec["data"], progress=spec["progress"] and distributed.is_main())
+    except RobustlibError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if distributed.active():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))
