@@ -59,13 +59,14 @@ def _overrides(text: str | None, path: str | None) -> dict:
 def _estimate(args) -> int:
     from . import estimate
     from .config import setup
-    from .launch import parse_nproc
+    from .launch import check_batch, parse_nproc
 
     if args.batches < 1:
         raise RobustlibError(f"--batches {args.batches} is invalid: time at least 1 batch per kind of work")
     cfg = setup(args.profile, device=args.device, run_dir=args.run_dir, smoke=args.smoke, create=False,
                 overrides=_overrides(args.overrides, args.overrides_file))
     nproc = parse_nproc(args.nproc, "--nproc") if args.nproc is not None else 1   # this machine need not have them
+    check_batch(nproc, cfg.profile.batch_size)
     only = [str(n)[:2] for n in args.only] if args.only else None
     done = estimate.finished_runs(cfg)
     print(f"estimating profile {cfg.profile.name!r}{' (smoke)' if cfg.smoke else ''} on {cfg.device}"
@@ -73,8 +74,8 @@ def _estimate(args) -> int:
     table = estimate.estimate(cfg, only=only, batches=args.batches, done=done, progress=args.verbose, nproc=nproc)
     print(estimate.summary(table))
     if nproc > 1:
-        print(f"training divided by {nproc} processes as if they scaled perfectly (a lower bound); attacks and "
-              f"evaluation stay in the notebook's one process")
+        print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, as if they "
+              f"exchanged gradients and started for free (a lower bound); attacks and evaluation stay in one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)

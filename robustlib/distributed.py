@@ -60,9 +60,10 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in DistributedDataParallel (its weights broadcast from process 0), or itself alone."""
     if not active():
         return model
-    # a convolution over one input channel has a weight whose strides read both as contiguous and channels-last;
-    # DDP then warns, on every backward pass, of a layout mismatch that costs nothing: not shown
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    if any(isinstance(m, nn.Conv2d) and m.in_channels == 1 for m in model.modules()):
+        # a convolution over one input channel has a weight whose strides read both as contiguous and
+        # channels-last; DDP then warns on every backward pass of a layout mismatch that costs nothing
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -417,14 +417,19 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
              progress: bool = False, nproc: int = 1) -> pd.DataFrame:
     """One row per work item of :func:`plan`: notebook, what, unit, count, seconds (predicted on ``cfg.device``).
 
-    ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`), counted as ``nproc`` times faster
-    (perfect scaling: a lower bound); attacks and evaluation stay in the notebook's one process."""
+    ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`): each process's step is timed at its
+    share of the batch (``batch_size / nproc``, where a GPU may be far from full) and the processes are counted
+    as working in parallel, with no time for their gradient exchange or start-up (unmeasured: a lower bound);
+    attacks and evaluation stay in the notebook's one process."""
     items, _ = plan(cfg, only, done)
     cfg = _per_image(cfg)
+    def timed(unit):      # what one process does: its share of each training batch
+        return (*unit[:3], unit[3] // nproc) if unit[0] == "train" and nproc > 1 else unit
+
     with torch.random.fork_rng(devices=[cfg.device] if cfg.device.type == "cuda" else []):
-        cost = measure(cfg, [w.unit for w in items], batches=batches, progress=progress)
-    rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, w.unit)), "count": w.count,
-             "seconds": w.count * cost[w.unit] / (nproc if w.unit[0] == "train" else 1)} for w in items]
+        cost = measure(cfg, [timed(w.unit) for w in items], batches=batches, progress=progress)
+    rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
+             "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" else 1)} for w in items]
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]

@@ -116,13 +116,14 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 
 
 # what atomic_open's mkstemp names (".<name>.<8 random characters>.tmp") and run.py's partial notebooks
-_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\..+\.partial\.ipynb")
+_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\..+\.partial\.ipynb|\..+\.launch\.pt")
 
 
 def remove_stale_temporaries(directory: str | os.PathLike, subfolders=()) -> int:
     """Delete what interrupted writers left in ``directory`` and in its ``subfolders`` (one level each, never
     deeper: a run directory nested inside is another run's): :func:`atomic_open`'s ``.<name>.XXXXXXXX.tmp``
-    files and partly executed notebooks (``.<stem>.<pid>.partial.ipynb``); returns how many. Only safe under
+    files, partly executed notebooks (``.<stem>.<pid>.partial.ipynb``) and the calls handed to torchrun
+    (``.<run>.launch.pt``, :mod:`robustlib.launch`); returns how many. Only safe under
     :func:`run_lock`, which proves that no other run is writing there."""
     folders = [Path(directory), *(Path(directory) / s for s in subfolders)]
     stale = [p for f in folders if f.is_dir() for p in f.iterdir() if p.is_file() and _STALE.fullmatch(p.name)]

@@ -23,12 +23,15 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from . import distributed
-from .io import RobustlibError, ensure_dir
+from .io import RobustlibError, ensure_dir, save_torch
 
 NPROC_ENV = "ROBUSTLIB_NPROC"
 
@@ -57,6 +60,11 @@ def check(nproc: int, device: torch.device, batch_size: int) -> None:
     if device.type == "cuda" and torch.cuda.device_count() < nproc:
         raise RobustlibError(f"nproc={nproc} asks for one GPU per process, but this machine has "
                              f"{torch.cuda.device_count()}; use nproc <= {torch.cuda.device_count()}")
+    check_batch(nproc, batch_size)
+
+
+def check_batch(nproc: int, batch_size: int) -> None:
+    """Refuse a process count that does not divide the profile's (global) batch."""
     if batch_size % nproc:
         raise RobustlibError(f"batch_size {batch_size} cannot be split evenly among {nproc} processes (the profile's "
                              f"batch is the global batch); use a process count that divides it")
@@ -70,18 +78,22 @@ def wanted(cfg) -> bool:
 def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progress: bool = True) -> None:
     """Make ``call`` (``"robustlib.train:pretrain"``, ``"robustlib.methods:train_method"``) with ``cfg`` and
     ``kwargs`` in ``cfg.nproc`` processes under torchrun; return once they have finished the run ``name``.
-    Their output is passed through; a failure is one line naming the run and the processes' last error."""
+    Their output is passed through; a failure is one line naming the run and the processes' last error. The
+    processes stop by themselves when this process ends (killed with its kernel, say), so that no run goes on
+    writing into a run directory that nothing holds any more."""
     spec = ensure_dir(cfg.path("checkpoints")) / f".{name}.launch.pt"
-    torch.save({"call": call, "cfg": dataclasses.replace(cfg, device=torch.device(cfg.device.type)),
-                "kwargs": kwargs, "data": data, "progress": progress}, spec)
+    save_torch({"call": call, "cfg": dataclasses.replace(cfg, device=torch.device(cfg.device.type)),
+                "kwargs": kwargs, "data": data, "progress": progress, "owner": os.getpid()}, spec)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.nproc),
            "-m", "robustlib.launch", str(spec)]
+    package_root = str(Path(__file__).resolve().parent.parent)      # the processes import this robustlib
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))}
     print(f"{name}: training under torchrun with {cfg.nproc} processes", flush=True)
     tail = ""
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get(
-                                    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
             for chunk in iter(lambda: proc.stdout.read1(4096), b""):
                 text = chunk.decode(errors="replace")
@@ -99,11 +111,39 @@ def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progr
         lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
         why = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
         raise RobustlibError(f"{name}: training under torchrun with {cfg.nproc} processes failed (exit {code}): "
-                             f"{why or (lines[-1] if lines else 'no output')}")
+                             f"{why or 'see the output above'}")
+
+
+def finished(loaded, cfg, name: str):
+    """``loaded`` (what ``load_run`` found after :func:`train_elsewhere`), refused if torchrun's processes
+    left no finished run: a silent second training in this one process is never the answer."""
+    if loaded is None:
+        raise RobustlibError(f"{name}: torchrun's {cfg.nproc} processes exited without writing "
+                             f"{cfg.path('checkpoints', name + '.pt')}; see their output above")
+    return loaded
+
+
+def _stop_with(owner: int) -> None:
+    """End this process once ``owner`` (the notebook's process) or this process's parent (torchrun) is gone."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            if os.getppid() != parent:
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="robustlib-owner-watch").start()
 
 
 def _main(spec_path: str) -> int:
     spec = torch.load(spec_path, weights_only=False)
+    _stop_with(spec["owner"])
     module, _, fn = spec["call"].partition(":")
     call = getattr(__import__(module, fromlist=[fn]), fn)
     try:
@@ -112,6 +152,11 @@ def _main(spec_path: str) -> int:
         call(cfg, **spec["kwargs"], data=spec["data"], progress=spec["progress"] and distributed.is_main())
     except RobustlibError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:          # the traceback for the record, then the one line the notebook shows
+        traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: {type(e).__name__}: {first[:300]}", file=sys.stderr, flush=True)
         return 1
     finally:
         if distributed.active():

@@ -244,7 +244,7 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
     if loaded is None and launch.wanted(cfg):      # nproc > 1: torchrun's processes train it, then it is loaded
         launch.train_elsewhere(cfg, "robustlib.methods:train_method", {"method": method, "seed": seed,
                                "adversary": adversary, "beta": beta}, name=run["name"], data=data, progress=progress)
-        loaded = load_run(cfg, run["name"], run["meta"])
+        loaded = launch.finished(load_run(cfg, run["name"], run["meta"]), cfg, run["name"])
     if loaded is None:
         model, history = _train(cfg, run, progress)
         best = load_best(cfg, run["name"], run["meta"])

@@ -12,6 +12,7 @@ wall time (:mod:`robustlib.estimate`, in a child process: the parent keeps no de
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -96,6 +97,21 @@ def _record_timing(cfg, stem: str, entry: dict) -> None:
     write_json(cfg.path("timings.json"), timings)
 
 
+@contextlib.contextmanager
+def _environment(values: dict):
+    """``os.environ`` with ``values`` set inside the block, and as it was after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str | None = None,
                  data_root: str | None = None, only: list[str] | None = None, overrides: dict | None = None,
                  smoke: bool | None = None, retrain: bool = False, log_output: bool = False,
@@ -118,15 +134,17 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
     sockets = tempfile.mkdtemp(prefix="robustlib-kernel-")
     try:
         with run_lock(cfg.run_dir):
-            os.environ[LOCK_ENV] = str(os.getpid())     # the kernels are this run's: their setup may proceed
             check_outputs(cfg)
             stale = remove_stale_temporaries(cfg.run_dir, OUTPUT_DIRS)
             if stale:
                 print(f"removed {stale} temporary file(s) left in {cfg.run_dir} by an interrupted run", flush=True)
             if estimate and not smoke:
                 _print_estimate(cfg, books, profile=profile, device=device, overrides=overrides)
-            _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,
-                       retrain=retrain, log_output=log_output, sockets=sockets)
+            # the kernels inherit these (the config cell honours them); this process gets its own back after
+            # (LOCK_ENV: the kernels are this run's, so their setup may proceed)
+            with _environment({SMOKE_ENV: "1" if smoke else "0", NPROC_ENV: str(cfg.nproc), LOCK_ENV: str(os.getpid())}):
+                _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,
+                           retrain=retrain, log_output=log_output, sockets=sockets)
     except KeyboardInterrupt:
         raise Interrupted(cfg.run_dir, completed) from None
     finally:
@@ -155,8 +173,6 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
-    os.environ[SMOKE_ENV] = "1" if smoke else "0"     # the kernels inherit it; the config cell honours it
-    os.environ[NPROC_ENV] = str(cfg.nproc)            # likewise: the processes each training run is trained by
     os.environ.setdefault("TQDM_MININTERVAL", "5")   # few progress updates: no IOPub flood under papermill
     out_dir = cfg.path("notebooks")
     print(f"{'smoke' if smoke else 'full'} run of profile {profile!r} on {cfg.device}"
@@ -188,7 +204,8 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
         os.replace(partial, out)
         seconds = time.perf_counter() - t0
         print(f" done in {seconds:.0f} s", flush=True)
-        _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device)})
+        _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device),
+                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {})})
         completed.append(nb.stem)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results
         path = report.build_report(cfg)

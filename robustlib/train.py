@@ -324,6 +324,10 @@ def _differs(path, made: dict, now: dict, fix: str) -> RobustlibError | None:
             if made.get(k) != now.get(k)]
     if not keys:
         return None
+    if keys == ["processes"]:      # the same run, trained by another number of processes: resume it with as many
+        n = made.get("processes", 1)
+        return RobustlibError(f"{path} was trained by {n} process{'es' * (n != 1)}, not {now.get('processes', 1)}; "
+                              f"resume it with as many (--nproc {n}, or setup(..., nproc={n})), or {fix}")
 
     def call(args, other):
         shown = [(k, _shown(args.get(k)), _shown(other.get(k))) for k in keys]
@@ -783,7 +787,7 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
     if loaded is None and launch.wanted(cfg):      # nproc > 1: torchrun's processes train it, then it is loaded
         launch.train_elsewhere(cfg, "robustlib.train:pretrain", {"seed": seed}, name=name, data=data,
                                progress=progress)
-        loaded = load_run(cfg, name, meta)
+        loaded = launch.finished(load_run(cfg, name, meta), cfg, name)
     if loaded is None:
         return train()
     if progress:

@@ -148,3 +148,63 @@ def test_a_process_count_that_cannot_run_is_refused_before_anything_trains(tmp_p
     with pytest.raises(RobustlibError, match="ROBUSTLIB_NPROC='two' is invalid"):
         robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "c"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process list from /proc (Linux)")
+def test_torchruns_processes_stop_when_the_notebook_that_started_them_is_killed(tmp_path):
+    """A kernel killed mid-run (kill -9: no clean-up runs in it) leaves no training process behind, writing
+    into a run directory that nothing holds any more."""
+    import time
+
+    script = ("import robustlib\nfrom robustlib import train\n"
+              f"cfg = robustlib.setup('quick', device='cpu', run_dir={str(tmp_path / 'run')!r}, smoke=False, nproc=2, "
+              "overrides={'epochs': 1000, 'val_size': 16})\ntrain.pretrain(cfg, progress=False)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    spec = str(tmp_path / "run" / "checkpoints" / ".vanilla.launch.pt")
+    try:
+        deadline = time.time() + 120
+        while len(_processes_naming(spec)) < 3 and time.time() < deadline:    # torchrun and its 2 processes
+            time.sleep(0.5)
+        assert len(_processes_naming(spec)) >= 3, "torchrun's processes never started"
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.time() + 30
+    while _processes_naming(spec) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_naming(spec) == []
+
+
+def test_a_run_made_by_another_number_of_processes_resumes_only_with_as_many(tmp_path, capsys):
+    from robustlib.__main__ import main
+    from robustlib.train import RETRAIN, _differs
+
+    made = {"epochs": 4, "processes": 2}
+    refusal = str(_differs(tmp_path / "ft.last.pt", made, {"epochs": 4}, RETRAIN))
+    assert "was trained by 2 processes, not 1; resume it with as many (--nproc 2" in refusal
+    # the estimate refuses a count that does not divide the global batch, as the run would
+    assert main(["estimate", "--profile", "quick", "--device", "cpu", "--nproc", "3"]) != 0
+    assert "batch_size 128 cannot be split evenly among 3 processes" in capsys.readouterr().err
+
+
+def test_the_run_gives_its_kernels_the_process_count_and_takes_it_back(monkeypatch):
+    from robustlib.launch import NPROC_ENV
+    from robustlib.run import _environment
+
+    monkeypatch.delenv(NPROC_ENV, raising=False)
+    monkeypatch.setenv("ROBUSTLIB_SMOKE", "0")
+    with _environment({NPROC_ENV: "2", "ROBUSTLIB_SMOKE": "1"}):
+        assert os.environ[NPROC_ENV] == "2" and os.environ["ROBUSTLIB_SMOKE"] == "1"
+    assert NPROC_ENV not in os.environ and os.environ["ROBUSTLIB_SMOKE"] == "0"
