@@ -1,5 +1,6 @@
 """The benchmark scripts run and count right (their timings are printed, never asserted: no timed tests)."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def test_each_method_makes_exactly_the_passes_its_algorithm_must(tmp_path):
         assert made.get("grad", 0) == must.get("grad", 0), row
         assert made.get("fwd", 0) == must.get("fwd", 0), row
         assert made.get("train", 0) == must.get("train", 0) + 2 * must.get("cat", 0), row
-        assert row["floor_s"] > 0 and row["epoch_s"] > 0 and row["images_per_s"] > 0
+        assert row["floor_s"] > 0 and math.isfinite(row["batch_s"])   # (a 1-batch slope may be noise's sign)
 
 
 def test_the_attack_benchmark_prints_its_ratio(tmp_path):
