@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -197,15 +198,60 @@ class RunConfig:
         return self.run_dir.joinpath(*parts)
 
     def __str__(self) -> str:
-        p = self.profile
-        lines = [
-            f"profile    {p.name}{'  (SMOKE: tiny setting for tests)' if p.smoke else ''}: {p.description}",
-            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else ""),
-            f"run_dir    {self.run_dir}",
-            f"data_root  {self.data_root}",
-            f"overrides  {self.overrides or '{}'}",
+        """The settings a reader needs, in a few lines (every field: ``cfg.profile``; ``cfg.describe()``)."""
+        p, info = self.profile, DATASETS[self.profile.dataset]
+        n_train, n_test = info.sizes or (None, None)
+        n_train = min(p.train_limit or n_train, n_train) if n_train else p.train_limit
+        n_test = min(p.test_limit or n_test, n_test) if n_test else p.test_limit
+        n_eval = min(p.eval_limit or n_test, n_test) if n_test else p.eval_limit
+        count = lambda n: "all" if n is None else f"{n:,}"
+        decay = max(1, round(p.ft_decay * p.ft_epochs))
+        tail = p.ft_epochs - decay if p.ft_clean_tail else 0
+        budget = {"per_image": "L1 per image", "per_value": "L1, mean per value",
+                  "per_value/255": "L1, mean per value in 1/255", "paper": "read as notebook 01 decides"}.get(
+                      p.dra_budget, p.dra_budget)
+        model = p.model + (f" (width {p.width})" if p.width else "")
+        frac = Fraction(p.dra_p).limit_denominator(12)
+        share = f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - p.dra_p) < 1e-9 and frac.denominator > 1 \
+            else f"{p.dra_p:g}"
+        eps = f"{p.ft_eps_max:g}" if p.ft_eps_max == p.ft_eps_min else f"{p.ft_eps_max:g} -> {p.ft_eps_min:g}"
+        lines = [f"profile    {p.name}: {p.description}"]
+        if p.smoke:
+            lines.append("           SMOKE, the test setting: at most 512 training images, 2 epochs, attacks of at most "
+                         "5 steps; its numbers test the code, not the method")
+        lines += [
+            f"data       {p.dataset}: {count(n_train)} training images, {p.val_size:,} of them held out to choose "
+            f"settings; {count(n_test)} test",
+            f"           attacked: {count(n_eval)} test images, AutoAttack {min(p.autoattack_limit, n_eval or p.autoattack_limit):,}",
+            f"theta_std  {model}, {p.epochs} epochs, batch {p.batch_size}, SGD lr {p.lr:g} ({p.lr_schedule})",
+            f"fine-tune  {p.ft_epochs} epochs at lr {p.ft_lr:g} ({p.ft_lr_schedule}), clean and DRA 1:1"
+            + (f" (weights {p.ft_replay_ratio:g}:1)" if p.ft_replay_ratio != 1 else "")
+            + (", alternating updates" if p.ft_replay == "alternating" else ""),
+            f"           DRA eps {eps} ({budget}) "
+            + (f"over {decay} epochs, then {tail} clean" if tail else f"for all {p.ft_epochs} epochs" if
+               p.ft_eps_max == p.ft_eps_min else f"over {decay} epochs, then held")
+            + f"; p = {share}, T = {p.dra_steps}"
+            + (f"; on {p.ft_train_limit:,} of the training images" if p.ft_train_limit else ""),
+            f"evaluate   PGD at eps {', '.join(map(str, p.eval_eps))} (training and selection at {p.main_eps})",
+            f"seeds      {', '.join(map(str, p.seeds))}; ablations {', '.join(map(str, p.ablation_seeds))}",
+            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else "") +
+            f"; run_dir {self.run_dir}; data_root {self.data_root}",
         ]
-        lines += [f"  {k:<20} {v!r}" for k, v in p.as_dict().items() if k not in ("name", "description")]
+        if self.overrides:
+            lines.append(f"overrides  {self.overrides}")
+        return "\n".join(lines)
+
+    def settings(self) -> dict[str, str]:
+        """Every field of the profile as ``{field: repr(value)}`` (what the report compares across notebooks)."""
+        return {k: repr(v) for k, v in self.profile.as_dict().items() if k not in ("name", "description")}
+
+    def describe(self) -> str:
+        """Every field of the profile, one per line (what ``print(cfg)`` once printed)."""
+        p = self.profile
+        lines = [f"profile    {p.name}{'  (SMOKE: tiny setting for tests)' if p.smoke else ''}: {p.description}",
+                 f"device     {self.device}", f"run_dir    {self.run_dir}", f"data_root  {self.data_root}",
+                 f"overrides  {self.overrides or '{}'}"]
+        lines += [f"  {k:<20} {v}" for k, v in self.settings().items()]
         return "\n".join(lines)
 
 

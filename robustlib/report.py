@@ -380,7 +380,9 @@ def software() -> dict[str, str]:
     return info
 
 
-CONFIG_LINE = re.compile(r"^  (\w+) +(.*)$")   # one field of ``print(cfg)`` (RunConfig.__str__)
+# one field of the full configuration (RunConfig.describe()), as the notebooks printed it before they printed a
+# summary: read from the executed notebooks of a run whose timings.json records no settings
+CONFIG_LINE = re.compile(r"^  (\w+) +(.*)$")
 
 
 def _notebook_info(path: Path) -> tuple[str | None, str, dict[str, str]]:
@@ -485,15 +487,16 @@ def _masking(tables: Tables) -> list[str]:
 
 def _notebook_sections(run_dir: Path, timings: dict, tables: Tables) -> tuple[list[str], dict]:
     """One section per executed notebook (its tables and figures), then the outputs no notebook claims;
-    also the settings each executed notebook printed."""
+    also the settings each notebook ran with."""
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
     executed = {p.stem for p in (run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     md: list[str] = []
     used: set[str] = set()
     ran: dict[str, dict[str, str]] = {}
     for stem in sorted(set(timings) | executed):
-        title, note, ran[stem] = _notebook_info(run_dir / "notebooks" / f"{stem}.ipynb")
+        title, note, printed = _notebook_info(run_dir / "notebooks" / f"{stem}.ipynb")
         t = timings.get(stem)
+        ran[stem] = (t or {}).get("settings") or printed      # what `run` recorded it ran with, else what it printed
         secs = t.get("seconds") if t else None
         wall = (f"{secs:.1f} s" if isinstance(secs, (int, float)) else "? s") + f" on {t.get('device', '?')}" \
             if t else "no timing recorded"
@@ -513,8 +516,8 @@ def _settings(cfg: RunConfig, ran: dict, head: list[str]) -> list[str]:
     md = ["## Exact settings", "", f"Profile `{prof.name}` after overrides {cfg.overrides or '{}'}, as defined "
           "when this report was built:", "", _pairs(prof.as_dict()), ""]
     if not drift.empty:
-        md += ["> **The notebooks ran with other settings** than these (read from the configuration each "
-               "executed notebook printed); their numbers belong to the \"as run\" column.", "",
+        md += ["> **The notebooks ran with other settings** than these (as `timings.json` recorded them, or as an "
+               "older run's notebooks printed them); their numbers belong to the \"as run\" column.", "",
                markdown_table(drift, percent=False), ""]
         names = list(dict.fromkeys(drift["field"]))
         more = f" and {len(names) - 8} more" if len(names) > 8 else ""

@@ -205,7 +205,8 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
         seconds = time.perf_counter() - t0
         print(f" done in {seconds:.0f} s", flush=True)
         _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device),
-                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {})})
+                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {}),
+                                      "settings": cfg.settings()})     # what it ran with: the report's drift check
         completed.append(nb.stem)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results
         path = report.build_report(cfg)

@@ -208,7 +208,8 @@ def run_dir(tmp_path):
     write_json(tmp_path / "timings.json", {"02_pretraining": {"seconds": 9.5, "smoke": True, "device": "cpu"},
                                            "03_transfer_finetune": {"seconds": 100.25, "smoke": True, "device": "cpu"}})
     write_json(tmp_path / "calibration.json", {"dra_eps": 2.0, "pgd_eps": 0.055})
-    printed = str(dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_steps=999))) + "\n"
+    # a run from before timings.json recorded settings: the notebook printed every field (RunConfig.describe)
+    printed = dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, dra_steps=999)).describe() + "\n"
     nb = {"cells": [{"cell_type": "markdown", "source": ["# 03 · The fine-tune\n", "text"]},
                     {"cell_type": "code", "source": "print(cfg)", "execution_count": 2,
                      "outputs": [{"output_type": "stream", "name": "stdout", "text": printed}]}],
@@ -243,6 +244,28 @@ def test_build_report(run_dir):
     assert "Smoke run" in md
     page = run_dir.path("report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="figures/03_tradeoff.png"' in page
+
+
+def test_the_settings_a_run_recorded_are_what_the_drift_check_reads(run_dir):
+    """``run`` records in timings.json the settings each notebook ran with; the report compares those (an
+    executed notebook's printout is read only for a run that recorded none)."""
+    timings = json.loads(run_dir.path("timings.json").read_text())
+    ran = dataclasses.replace(run_dir.profile, ft_epochs=77)
+    timings["02_pretraining"]["settings"] = dataclasses.replace(run_dir, profile=ran).settings()
+    write_json(run_dir.path("timings.json"), timings)
+    md = report.build_report(run_dir).read_text()
+    assert f"| ft_epochs | {run_dir.profile.ft_epochs} | 77 | 02 |" in md
+    assert f"| dra_steps | {run_dir.profile.dra_steps} | 999 | 03 |" in md      # 03 recorded none: its printout
+
+
+def test_the_configuration_prints_as_a_short_summary():
+    cfg = robustlib.setup("paper-mnist", device="cpu", smoke=False, create=False)
+    text = str(cfg)
+    assert len(text.splitlines()) <= 10 and all(len(line) <= 110 for line in text.splitlines())
+    assert "60,000 training images, 5,000 of them held out" in text and "p = 2/3, T = 20" in text
+    assert "DRA eps 0.1 (read as notebook 01 decides) for all 50 epochs" in text
+    assert "SMOKE" in str(robustlib.setup("quick", device="cpu", smoke=True, create=False))
+    assert "  dra_steps            20" in cfg.describe()            # every field, for whoever wants them all
 
 
 def test_build_report_on_an_empty_run_dir(tmp_path):
