@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lab bench example-report clean
+.PHONY: run test lab clean-notebooks bench example-report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ run: $(STAMP)  ## the notebook sequence on the offline default data (make run PR
 test: $(STAMP)  ## unit tests + nbval over every notebook in the smoke setting
 	ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q
 
-lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel
+lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel (git sees the notebooks stripped)
+	$(VENV)/bin/nbstripout --install --attributes .git/info/attributes
 	$(VENV)/bin/jupyter lab notebooks/
+
+clean-notebooks: $(STAMP)  ## strip the outputs that running notebooks/ in JupyterLab saved into them
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 bench: $(STAMP)  ## speed ratios (attacks, each method's epoch vs its floor), appended to runs/bench/*.json
 	$(PY) bench/attacks.py

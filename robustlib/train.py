@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ from typing import Callable
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from . import distributed, launch
 from .data import TensorLoader, load_splits, split_validation
@@ -597,7 +598,9 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                              f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
                              f"the checkpoint it came from)")
     trained, main = distributed.wrap(model, device), distributed.is_main()
-    bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, mininterval=1.0, dynamic_ncols=True)
+    # a text bar on stdout: in a notebook saved and reopened it reads as its last line (a widget would not load)
+    bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, mininterval=1.0, dynamic_ncols=True,
+               file=sys.stdout)
     for epoch in bar:
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
                               clean_weight=clean_weight, evaluate=evaluate, amp=amp, device=device,

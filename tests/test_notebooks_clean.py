@@ -34,3 +34,29 @@ def test_notebook_is_a_clean_source(path):
     text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     for heading in ("## Summary", "## Exercises", "## References"):
         assert heading in text
+
+
+def test_make_labs_git_filter_keeps_a_run_notebooks_outputs_out_of_git(tmp_path):
+    """Running a notebook in JupyterLab saves its outputs into the tracked file; with the filter `make lab`
+    installs (nbstripout), git stores it stripped while the working copy keeps what was run."""
+    import shutil
+    import subprocess
+    import sys
+
+    nbstripout = Path(sys.executable).parent / "nbstripout"
+    if not nbstripout.exists() or not shutil.which("git"):
+        pytest.skip("nbstripout (make's environment) or git is not installed")
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([str(nbstripout), "--install", "--attributes", ".git/info/attributes"], cwd=repo, check=True)
+    nb = json.loads(NOTEBOOKS[0].read_text())
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
+    code["execution_count"] = 1
+    (repo / "nb.ipynb").write_text(json.dumps(nb))
+    subprocess.run([*git, "add", "nb.ipynb"], check=True)
+    staged = json.loads(subprocess.run([*git, "show", ":nb.ipynb"], capture_output=True, text=True, check=True).stdout)
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in staged["cells"] if c["cell_type"] == "code")
+    assert "ran" in (repo / "nb.ipynb").read_text()                  # the working copy is untouched
