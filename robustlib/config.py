@@ -228,8 +228,9 @@ class RunConfig:
             + (f" (weights {p.ft_replay_ratio:g}:1)" if p.ft_replay_ratio != 1 else "")
             + (", alternating updates" if p.ft_replay == "alternating" else ""),
             f"           DRA eps {eps} ({budget}) "
-            + (f"over {decay} epochs, then {tail} clean" if tail else f"for all {p.ft_epochs} epochs" if
-               p.ft_eps_max == p.ft_eps_min else f"over {decay} epochs, then held")
+            + ("for" if p.ft_eps_max == p.ft_eps_min else "over")
+            + (f" {decay} epochs, then {tail} clean" if tail else f" all {p.ft_epochs} epochs" if
+               p.ft_eps_max == p.ft_eps_min or decay >= p.ft_epochs else f" {decay} epochs, then held")
             + f"; p = {share}, T = {p.dra_steps}"
             + (f"; on {p.ft_train_limit:,} of the training images" if p.ft_train_limit else ""),
             f"evaluate   PGD at eps {', '.join(map(str, p.eval_eps))} (training and selection at {p.main_eps})",
