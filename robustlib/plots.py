@@ -27,6 +27,17 @@ def finish(fig, run_dir: str | Path | None, name: str):
     return fig
 
 
+# what a metric's column means, for legends and axes
+LABELS = {"train_acc": "training batches", "val_acc": "held-out, clean", "val_robust_acc": "held-out, under PGD",
+          "natural": "natural accuracy"}
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, clear of the data; none where nothing is labelled."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+
+
 def learning_curves(history: pd.DataFrame, *, title: str, run_dir=None, name="learning_curves"):
     """Loss and accuracy per epoch from a :func:`robustlib.train.fit` history."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -34,7 +45,7 @@ def learning_curves(history: pd.DataFrame, *, title: str, run_dir=None, name="le
     ax1.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log", title="loss")
     acc_cols = [c for c in history.columns if c.endswith("_acc")]
     for c in acc_cols:
-        ax2.plot(history["epoch"], 100 * history[c], marker=".", label=c.replace("_acc", ""))
+        ax2.plot(history["epoch"], 100 * history[c], marker=".", label=LABELS.get(c, c.replace("_acc", "")))
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax2.legend()
     fig.suptitle(title)
@@ -53,7 +64,8 @@ def image_grid(x: torch.Tensor, labels, *, title: str, ncols: int = 8, run_dir=N
     """Images (N, C, H, W) in [0, 1] in a grid, each titled with its label string."""
     n = len(x)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows), squeeze=False)
+    width = max(1.3, 0.078 * max((len(str(v)) for v in labels), default=0))     # every title whole
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 1.45 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -105,19 +117,26 @@ def line_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style
               title: str, xlabel: str, ylabel: str, run_dir=None, name: str, percent: bool = True):
     """A seaborn line plot of a tidy DataFrame (y in percent if ``percent``), saved like every figure."""
     data = df.assign(**{y: 100 * df[y]}) if percent else df
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=False, ax=ax,
-                 palette="colorblind" if hue else None)
+    if style is not None and data[style].nunique() < 2:        # one value: nothing for a legend to tell apart
+        style = None
+    if hue is not None and not pd.api.types.is_numeric_dtype(data[hue]):
+        data = data.assign(**{hue: data[hue].map(lambda v: LABELS.get(v, v))})
+    fig, ax = plt.subplots(figsize=(7.4, 4.0))
+    marks = {"markers": True, "dashes": False} if style else {"marker": "o"}
+    sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, ax=ax, palette="colorblind" if hue else None, **marks)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if pd.api.types.is_integer_dtype(data[x]):                # epochs, severities: whole-number ticks
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _legend_outside(ax)
     return finish(fig, run_dir, name)
 
 
 def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, run_dir=None, name: str):
     """Accuracy (y) against robust accuracy (x), in percent, one marker per row."""
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
     sns.scatterplot(data=df.assign(**{x: 100 * df[x], y: 100 * df[y]}), x=x, y=y, hue=hue, style=hue, s=80, ax=ax)
     ax.set(title=title, xlabel=f"robust accuracy, {x} (%)", ylabel="natural accuracy (%)")
-    ax.legend(fontsize=8, loc="best")
+    _legend_outside(ax)
     return finish(fig, run_dir, name)
 
 
@@ -133,5 +152,36 @@ def bar_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title:
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
     if hue:
-        ax.legend(fontsize=8, loc="best")
+        _legend_outside(ax)
+    return finish(fig, run_dir, name)
+
+
+def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict, title: str, run_dir=None,
+                       name: str, label: str = "method"):
+    """Each variant minus ``reference``, trained with the same seed, in points: one panel per metric
+    (``{column: title}``), each seed's difference as a small dot, their mean as a large one with a ±1 sd
+    whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one run. A
+    difference inside the band is one the seeds alone could make."""
+    ref = per_seed[per_seed[label] == reference].set_index("seed")
+    others = [m for m in dict.fromkeys(per_seed[label]) if m != reference]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 1.8, 1.2 + 0.5 * len(others)),
+                             sharey=True, squeeze=False)
+    colours = sns.color_palette("colorblind", len(others))
+    for ax, (col, heading) in zip(axes[0], metrics.items()):
+        noise = 100 * ref[col].std(ddof=1) if len(ref) > 1 else 0.0
+        if noise > 0:
+            ax.axvspan(-noise, noise, color="0.9", zorder=0)
+        ax.axvline(0, color="0.3", lw=1, zorder=1)
+        for i, m in enumerate(others):
+            diff = 100 * (per_seed[per_seed[label] == m].set_index("seed")[col] - ref[col]).dropna()
+            ax.scatter(diff, [i] * len(diff), s=14, color=colours[i], alpha=0.5, zorder=2)
+            ax.errorbar(diff.mean(), i, xerr=diff.std(ddof=1) if len(diff) > 1 else None, fmt="o", ms=7,
+                        color=colours[i], capsize=4, zorder=3)
+        ax.set(title=heading, xlabel="difference from the reference (points)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(others)), others)
+    axes[0, 0].set_ylim(len(others) - 0.5, -0.5)
+    n = len(ref)
+    fig.suptitle(f"{title}\nreference: {reference}; {n} seed{'s' * (n != 1)}, grey: ±1 sd of the reference over seeds",
+                 fontsize=10)
     return finish(fig, run_dir, name)
