@@ -82,6 +82,9 @@ class Profile:
     milestones: tuple[float, ...] = (0.5, 0.75)   # fractions of the epochs, for "multistep" (x0.1 each)
     seed: int = 0
     expected_clean_acc: float | None = None       # a floor the notebooks assert on full (non-smoke) runs
+    # regression floors of a full run's methods table (notebook 03), each "A - B column >= number" in accuracy
+    # fractions: a run far off the recorded results stops there (verdicts are the rule's, not these)
+    expected_gaps: tuple[str, ...] = ()
     # attacks and evaluation: eps in [0, 1] pixel units, written as given ("8/255" stays 8/255)
     eval_eps: tuple[str | float, ...] = ("0.05", "0.1", "0.2")
     eval_limit: int | None = None     # test images for robust evaluation (None: the whole test split)
@@ -177,6 +180,7 @@ class Profile:
             autoattack_limit=min(self.autoattack_limit, 8),
             width=min(self.width, 4) if self.width else self.width,     # ResNet-50 at width 4: seconds per epoch
             expected_clean_acc=None,
+            expected_gaps=(),
             dra_min_effect=0.0,   # two epochs on 512 images: no evidence either way about a budget's effect
             # as many attack steps as quick's (paper-mnist's 40 PGD and 20 DRA steps are the same code path)
             at_steps=min(self.at_steps, 5),
@@ -222,6 +226,7 @@ def _choices(values) -> str:
     return "one of " + ", ".join(values)
 
 
+GAP = re.compile(r"(?P<a>.+?) - (?P<b>.+?) (?P<column>\S+) >= (?P<floor>-?\d+(?:\.\d+)?)")   # an expected_gaps entry
 _LIMIT = (_ge(1), "None or an integer >= 1")
 _FRACTION = (lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
 # field -> (test of its value, what the error says is expected). The value's type comes first, from the
@@ -249,6 +254,8 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
                    "a list of fractions of the epochs in (0, 1), e.g. [0.5, 0.75]"),
     "seed": (_ge(0), "an integer >= 0"),
     "expected_clean_acc": (_FRACTION[0], "None or a fraction in [0, 1]"),
+    "expected_gaps": (_each(lambda v: GAP.fullmatch(v) is not None, non_empty=False),
+                      'entries like "Ours - Vanilla natural-all >= -0.005"'),
     "eval_eps": (_each(_eps), "a non-empty list of eps in (0, 1], e.g. ['0.1', '8/255']"),
     "eval_limit": _LIMIT,
     # notebooks 01 and 03 run AutoAttack on this many images (0 would leave notebook 01 an empty table)
@@ -353,6 +360,7 @@ PROFILES: dict[str, Profile] = {
             epochs=30,
             lr=0.05,
             expected_clean_acc=0.97,
+            expected_gaps=("Ours - Vanilla natural-all >= -0.005", "Ours - Vanilla pgd-rs@0.1 >= 0.10"),
             eval_eps=("0.05", "0.1", "0.2"),
             autoattack_limit=100,
             ft_epochs=10,         # 8 adversarial + 2 clean epochs: keeps notebooks 00-05 under 15 min on 2 cores
@@ -375,6 +383,9 @@ PROFILES: dict[str, Profile] = {
             epochs=10,
             lr=0.05,
             expected_clean_acc=0.90,
+            # within 1 point of the control's clean accuracy, +15 points at eps = 0.03 under both PGD-20s
+            expected_gaps=("Ours - Control natural-all >= -0.01", "Ours - Control pgd@0.03 >= 0.15",
+                           "Ours - Control pgd-rs@0.03 >= 0.15"),
             eval_eps=("0.03", "0.05", "0.1"),
             eval_limit=1000,
             autoattack_limit=200,

@@ -30,9 +30,9 @@ from typing import Callable, Mapping
 import pandas as pd
 
 from . import masking
-from .io import read_json, write_text
+from .io import RobustlibError, read_json, write_text
 from .config import RunConfig, repo_root
-from .profiles import Profile
+from .profiles import GAP, Profile
 from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, NOT_LOWER, RULE, UNTESTED, Comparison, combine,
                        compare, contrast, images_for, per_seed)
 
@@ -419,6 +419,29 @@ def _settings_drift(profile: Profile, ran: Mapping[str, dict[str, str]]) -> pd.D
                 rows.setdefault((k, now.get(k, "(no such field)"), fields.get(k, "(no such field)")), []).append(stem[:2])
     return pd.DataFrame([(*key, ", ".join(v)) for key, v in rows.items()],
                         columns=["field", "now", "as run", "notebooks"], dtype=object)
+
+
+def check_expected_gaps(table: pd.DataFrame, profile: Profile) -> str:
+    """The profile's ``expected_gaps`` on a full run's methods table (rows by method): one line, or a one-line
+    :class:`RobustlibError` naming every gap below its floor. Not checked in the smoke setting."""
+    if profile.smoke or not profile.expected_gaps:
+        return f"expected gaps: none {'in the smoke setting' if profile.smoke else 'set for this profile'}"
+    shown, failed = [], []
+    for entry in profile.expected_gaps:
+        g = GAP.fullmatch(entry)
+        a, b, column, floor = g["a"], g["b"], g["column"], float(g["floor"])
+        missing = [n for n in (a, b) if n not in table.index] + ([column] if column not in table.columns else [])
+        if missing:
+            raise RobustlibError(f"expected gap {entry!r}: {', '.join(missing)} not in the table; fix the profile's "
+                                 f"expected_gaps")
+        gap = float(table.loc[a, column] - table.loc[b, column])
+        shown.append(f"{a} - {b} {column} = {gap:+.3f} (>= {floor:g})")
+        if not gap >= floor:
+            failed.append(shown[-1])
+    if failed:
+        raise RobustlibError(f"this run is far off the profile's record: {'; '.join(failed)} (profile "
+                             f"{profile.name!r}, expected_gaps); check what changed before trusting its tables")
+    return "expected gaps hold: " + "; ".join(shown)
 
 
 # ------------------------------------------------------------------------------------------ the report

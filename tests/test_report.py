@@ -293,3 +293,19 @@ def test_run_sequence_survives_a_failing_report(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "warning: report not built (ValueError: boom); the notebooks' results are intact" in printed
     assert "results in" in printed and "second line" not in printed
+
+
+def test_a_profiles_expected_gaps_pass_fail_and_name_what_is_wrong():
+    from robustlib.io import RobustlibError
+
+    p = dataclasses.replace(robustlib.setup("quick", device="cpu", smoke=False, create=False).profile,
+                            expected_gaps=("Ours - Vanilla natural-all >= -0.005", "Ours - Vanilla pgd-rs@0.1 >= 0.10"))
+    table = pd.DataFrame({"natural-all": [0.99, 0.992], "pgd-rs@0.1": [0.70, 0.55]}, index=["Ours", "Vanilla"])
+    assert "expected gaps hold: Ours - Vanilla natural-all = -0.002 (>= -0.005)" in report.check_expected_gaps(table, p)
+    with pytest.raises(RobustlibError, match=r"far off the profile's record: Ours - Vanilla pgd-rs@0.1 = \+0.050"):
+        report.check_expected_gaps(table.assign(**{"pgd-rs@0.1": [0.60, 0.55]}), p)
+    with pytest.raises(RobustlibError, match="pgd-rs@0.1 not in the table"):
+        report.check_expected_gaps(table.drop(columns="pgd-rs@0.1"), p)
+    assert "smoke" in report.check_expected_gaps(table.iloc[:0], dataclasses.replace(p, smoke=True))
+    with pytest.raises(ValueError, match="expected_gaps"):
+        dataclasses.replace(p, expected_gaps=("Ours beats Vanilla",))
