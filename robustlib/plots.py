@@ -156,12 +156,31 @@ def bar_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title:
     return finish(fig, run_dir, name)
 
 
+def _differences(ax, rows: list[tuple[float, float, list[tuple[pd.Series, tuple, str | None]]]]) -> None:
+    """Draw paired differences in points: for each row ``(y, noise, [(differences by seed, colour, label)])`` a
+    grey band of ±``noise`` (the reference's seed sd), each seed's difference as a small dot and their mean
+    as a large one with a ±1 sd whisker, offset a little per entry so that they do not overlap."""
+    for y, noise, entries in rows:
+        if noise > 0:
+            ax.fill_betweenx([y - 0.42, y + 0.42], -noise, noise, color="0.9", zorder=0, lw=0)
+        offsets = [0.0] if len(entries) == 1 else [0.3 * (k / (len(entries) - 1) - 0.5) for k in range(len(entries))]
+        for (diff, colour, label), dy in zip(entries, offsets):
+            diff = diff.dropna()
+            if diff.empty:
+                continue
+            ax.scatter(diff, [y + dy] * len(diff), s=14, color=colour, alpha=0.5, zorder=2)
+            ax.errorbar(diff.mean(), y + dy, xerr=diff.std(ddof=1) if len(diff) > 1 else None, fmt="o", ms=7,
+                        color=colour, capsize=4, zorder=3, label=label)
+    ax.axvline(0, color="0.3", lw=1, zorder=1)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict, title: str, run_dir=None,
                        name: str, label: str = "method"):
-    """Each variant minus ``reference``, trained with the same seed, in points: one panel per metric
-    (``{column: title}``), each seed's difference as a small dot, their mean as a large one with a ±1 sd
-    whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one run. A
-    difference inside the band is one the seeds alone could make."""
+    """Each variant (a value of ``label``) minus ``reference``, trained with the same seed, in points: one
+    panel per metric (``{column: title}``), each seed's difference as a small dot, their mean as a large one
+    with a ±1 sd whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one
+    run. A difference inside the band is one the seeds alone could make."""
     ref = per_seed[per_seed[label] == reference].set_index("seed")
     others = [m for m in dict.fromkeys(per_seed[label]) if m != reference]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 1.8, 1.2 + 0.5 * len(others)),
@@ -169,19 +188,36 @@ def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict,
     colours = sns.color_palette("colorblind", len(others))
     for ax, (col, heading) in zip(axes[0], metrics.items()):
         noise = 100 * ref[col].std(ddof=1) if len(ref) > 1 else 0.0
-        if noise > 0:
-            ax.axvspan(-noise, noise, color="0.9", zorder=0)
-        ax.axvline(0, color="0.3", lw=1, zorder=1)
-        for i, m in enumerate(others):
-            diff = 100 * (per_seed[per_seed[label] == m].set_index("seed")[col] - ref[col]).dropna()
-            ax.scatter(diff, [i] * len(diff), s=14, color=colours[i], alpha=0.5, zorder=2)
-            ax.errorbar(diff.mean(), i, xerr=diff.std(ddof=1) if len(diff) > 1 else None, fmt="o", ms=7,
-                        color=colours[i], capsize=4, zorder=3)
+        _differences(ax, [(i, noise, [(100 * (per_seed[per_seed[label] == m].set_index("seed")[col] - ref[col]),
+                                       colours[i], None)]) for i, m in enumerate(others)])
         ax.set(title=heading, xlabel="difference from the reference (points)")
-        ax.grid(axis="x", alpha=0.3)
     axes[0, 0].set_yticks(range(len(others)), others)
     axes[0, 0].set_ylim(len(others) - 0.5, -0.5)
     n = len(ref)
     fig.suptitle(f"{title}\nreference: {reference}; {n} seed{'s' * (n != 1)}, grey: ±1 sd of the reference over seeds",
                  fontsize=10)
+    return finish(fig, run_dir, name)
+
+
+def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, others: list[str], title: str,
+                       run_dir=None, name: str):
+    """For a wide table (one column per model, one row per ``row`` value and seed), each of ``others`` minus
+    ``reference`` on the same seed, in points, one line per ``row`` value (e.g. per corruption); the grey
+    band is ±1 sd of the reference over the seeds on that row."""
+    rows = list(dict.fromkeys(per_seed[row]))
+    colours = sns.color_palette("colorblind", len(others))
+    fig, ax = plt.subplots(figsize=(8.4, 1.2 + 0.42 * len(rows)))
+    drawn = []
+    for i, r in enumerate(rows):
+        sub = per_seed[per_seed[row] == r].set_index("seed")
+        noise = 100 * sub[reference].std(ddof=1) if len(sub) > 1 else 0.0
+        drawn.append((i, noise, [(100 * (sub[m] - sub[reference]), colours[k], m if i == 0 else None)
+                                 for k, m in enumerate(others)]))
+    _differences(ax, drawn)
+    ax.set_yticks(range(len(rows)), [str(r).replace("_", " ") for r in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set(xlabel=f"accuracy minus {reference}'s (points)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    n = per_seed["seed"].nunique()
+    fig.suptitle(f"{title}\n{n} seed{'s' * (n != 1)}, grey: ±1 sd of {reference} over seeds", fontsize=10)
     return finish(fig, run_dir, name)

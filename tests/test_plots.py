@@ -29,3 +29,14 @@ def test_a_line_plot_drops_a_one_value_style_and_names_its_metrics():
     fig = plots.line_plot(df, x="epoch", y="value", hue="metric", style="T", xlabel="", ylabel="", title="", name="x")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["held-out, clean", "held-out, under PGD"]          # no "T", no "5", no column names
+
+
+def test_differences_by_row_pairs_each_model_with_the_reference_on_its_seed(tmp_path):
+    wide = pd.DataFrame({"corruption": ["fog", "fog", "snow", "snow"], "seed": [0, 1, 0, 1],
+                         "Vanilla": [0.50, 0.60, 0.40, 0.40], "Ours": [0.55, 0.67, 0.40, 0.42]})
+    fig = plots.differences_by_row(wide, row="corruption", reference="Vanilla", others=["Ours"], title="t",
+                                   run_dir=tmp_path, name="rows")
+    ax = fig.axes[0]
+    means = [c.lines[0].get_xdata()[0] for c in ax.containers]
+    assert means == pytest.approx([6.0, 1.0])                 # fog: (5 + 7) / 2; snow: (0 + 2) / 2 points
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fog", "snow"]
