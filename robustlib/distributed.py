@@ -8,6 +8,8 @@ CPU. Under it :func:`robustlib.train.fit` trains with DistributedDataParallel: e
 shard of every epoch's batches (:func:`shard`), gradients are averaged across processes, the logged metrics
 are reduced over all of them (:func:`reduce_sums`), and process 0 alone evaluates and writes checkpoints and
 metrics (:func:`is_main`). The loader's batch is per process: the global batch is ``world()`` times it.
+An evaluation asked to shard (``robust_accuracy(..., shard=True)``, ``evaluate_table(..., shard=True)``, called
+by every process) attacks each process's part of the images (:func:`my_part`) and gathers the outcomes.
 
 With one process, or without ``torchrun``, every function here is a no-op and nothing changes.
 """
@@ -98,6 +100,27 @@ def reduce_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> tuple[
                          + [torch.tensor(float(counts[k]), dtype=torch.float64, device=device) for k in keys])
     dist.all_reduce(packed)
     return ({k: packed[i] for i, k in enumerate(keys)}, {k: int(packed[len(keys) + i]) for i, k in enumerate(keys)})
+
+
+def my_part(n: int) -> torch.Tensor:
+    """This process's indices of ``n`` items for sharded evaluation: contiguous, in rank order (all of them
+    with one process), so that :func:`gather` puts the parts back in the original order."""
+    return torch.arange(n).tensor_split(world())[rank()]
+
+
+def gather(part: torch.Tensor) -> torch.Tensor:
+    """Every process's ``part`` (a CPU tensor, one per process, first dimensions may differ), concatenated
+    in rank order on every process; the tensor itself with one process."""
+    return torch.cat(gather_objects(part.cpu())) if active() else part
+
+
+def gather_objects(value) -> list:
+    """Every process's ``value`` (any picklable object), in rank order; ``[value]`` with one process."""
+    if not active():
+        return [value]
+    values = [None] * world()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def from_main(value):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 
 from .attacks import (ATTACKS, PGD_STEP_FACTOR, autoattack, dra, effective_dimension, l1_budget, label_error,
                       model_logits, nonfinite_logits)
+from . import distributed
 from .models import eval_mode
 from .profiles import parse_eps
 
@@ -234,7 +236,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
-                    steps: int = PAPER_STEPS, batch_size: int = 256, seed: int = 0,
+                    steps: int = PAPER_STEPS, batch_size: int = 256, seed: int = 0, shard: bool = False,
                     **options) -> tuple[dict, torch.Tensor]:
     """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol of ``PROTOCOLS``.
 
@@ -249,6 +251,12 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
 
     Every protocol counts an image as robust only if it is classified correctly clean and attacked. No
     images (an accuracy that would be NaN) and labels outside the model's classes are ``ValueError``s.
+
+    ``shard`` (under ``torchrun``, every process calling with the same arguments): each process attacks its
+    part of the images (:func:`robustlib.distributed.my_part`, with the same ``seed``; AutoAttack's resumable
+    state in ``state_dir/rank<r>``) and every process gets the whole result, the per-image outcomes gathered
+    in order. The random starts an image gets differ from one process's, so the numbers agree with an
+    unsharded run's up to that draw (exactly, for the paper protocol). Without ``torchrun`` it changes nothing.
 
     Returns
     -------
@@ -267,11 +275,27 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     if not len(x):
         raise ValueError("no images to attack: x is empty, and a robust accuracy of no images is undefined; "
                          "check the split or subset that made it")
-    clean_ok = _scored(model, x, y)[1]
+    n = len(y)
+    if shard and distributed.active():       # this process's part of the images; the outcomes gathered below
+        part = distributed.my_part(n)
+        x, y = x[part.to(x.device)], y[part.to(y.device)]
+        if options.get("state_dir") is not None:
+            options = {**options, "state_dir": Path(options["state_dir"]) / f"rank{distributed.rank()}"}
+    clean_ok = _scored(model, x, y)[1] if len(y) else torch.zeros(0, dtype=torch.bool)
     y = y.cpu()
-    ok, x_adv, settings, parts = PROTOCOLS[protocol].attack(
-        model, x, y, clean_ok, eps=eps_value, label=label, steps=steps, batch_size=batch_size, seed=seed, **options)
-    row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": len(y),
+    if len(y):
+        ok, x_adv, settings, parts = PROTOCOLS[protocol].attack(
+            model, x, y, clean_ok, eps=eps_value, label=label, steps=steps, batch_size=batch_size, seed=seed,
+            **options)
+    else:                                     # more processes than images: this one has none to attack
+        ok, x_adv, settings, parts = torch.zeros(0, dtype=torch.bool), x.detach().cpu(), None, {}
+    if shard and distributed.active():
+        shards = distributed.gather_objects((len(y), settings, parts))
+        clean_ok, ok, x_adv = (distributed.gather(t.cpu()) for t in (clean_ok, ok, x_adv))
+        settings = next(s for _, s, _ in shards if s is not None)
+        keys = next(p for m, _, p in shards if m)         # each part's fractions, weighted by its images
+        parts = {k: sum(m * p[k] for m, _, p in shards if m) / n for k in keys}
+    row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": n,
            "clean_acc": clean_ok.float().mean().item(), "robust_acc": ok.float().mean().item(),
            "success_rate": (clean_ok & ~ok).sum().item() / max(1, clean_ok.sum().item()), **parts}
     return row, x_adv
@@ -387,7 +411,7 @@ def attack_subset(n_images: int, n: int, seed: int = 0) -> torch.Tensor:
 
 def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, protocols=("paper", "pgd-rs"),
                    autoattack_eps=None, autoattack_n: int = 0, autoattack_attacks=None, state_dir=None,
-                   seed: int = 0, natural_on=None) -> pd.DataFrame:
+                   seed: int = 0, natural_on=None, shard: bool = False) -> pd.DataFrame:
     """One row per model: natural accuracy and robust accuracy at each eps under each protocol.
 
     Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
@@ -400,7 +424,8 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     images) on the same images, so that they read like for like. Every robust column counts an image
     only if it is also classified correctly clean. eps labels are kept as written. Last, the image counts
     behind the columns: ``images`` (``x``), ``images-all`` and ``images (aa)`` where measured (the verdicts'
-    test-sample noise, :mod:`robustlib.verdicts`).
+    test-sample noise, :mod:`robustlib.verdicts`). ``shard``: the attacks split among the processes of
+    ``torchrun`` (:func:`robust_accuracy`; every process calls with the same arguments).
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
@@ -412,12 +437,12 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             row["natural-all"] = accuracy(model, *natural_on)
         for e in eps_list:
             for protocol in protocols:
-                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed)
+                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed, shard=shard)
                 row[f"{PROTOCOLS[protocol].column}@{result['eps']}"] = result["robust_acc"]
         if autoattack_eps is not None and autoattack_n > 0:
             idx = attack_subset(len(y), min(autoattack_n, len(y)), seed)
             strong, _ = robust_accuracy(model, x[idx], y[idx], eps=autoattack_eps, protocol="strong", seed=seed,
-                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks)
+                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks, shard=shard)
             row["natural (aa)"] = strong["clean_acc"]
             row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']} (aa)"] = strong["pgd_rs_acc"]
             row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]

@@ -4,7 +4,7 @@
 
 Fine-tunes THETA (a digits-cnn state_dict) on scikit-learn's digits with the paper's objective and DRA, a
 global batch of 64 split among the processes, then process 0 writes clean and PGD accuracy on the test split
-and a hash of the weights to OUT.json; every process writes its own weights' hash to OUT.json.rank<r>. ``--stop-at-epoch E`` makes process 0 fail in epoch E's evaluation,
+(each PGD also sharded among the processes, as every process computed it) and a hash of the weights to OUT.json; every process writes its own weights' hash to OUT.json.rank<r>. ``--stop-at-epoch E`` makes process 0 fail in epoch E's evaluation,
 after epoch E-1 was checkpointed (an interrupted run).
 """
 import argparse
@@ -48,10 +48,13 @@ def main():
     weights = hashlib.sha1(b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values()))
     with open(f"{args.out}.rank{distributed.rank()}", "w") as f:     # every process: its own copy of the weights
         json.dump({"weights": weights.hexdigest()}, f)
+    x, y = test.float_x(), test.y
+    sharded = {p: robust_accuracy(model, x, y, eps=0.1, protocol=p, shard=True)[0] for p in ("paper", "pgd-rs")}
     if distributed.is_main():
-        x, y = test.float_x(), test.y
         result = {"processes": distributed.world(), "natural": accuracy(model, x, y),
-                  "pgd@0.1": robust_accuracy(model, x, y, eps=0.1)[0]["robust_acc"], "weights": weights.hexdigest()}
+                  "pgd@0.1": robust_accuracy(model, x, y, eps=0.1)[0]["robust_acc"], "weights": weights.hexdigest(),
+                  "pgd-rs@0.1": robust_accuracy(model, x, y, eps=0.1, protocol="pgd-rs")[0]["robust_acc"],
+                  "sharded": {p: {k: r[k] for k in ("robust_acc", "clean_acc", "n", "attack")} for p, r in sharded.items()}}
         with open(args.out, "w") as f:
             json.dump(result, f)
 

@@ -60,6 +60,13 @@ def test_two_processes_fine_tune_like_one_and_resume_exactly(theta, tmp_path):
     for column, points in TOLERANCE.items():
         assert abs(results[2][column] - results[1][column]) <= points / 100, (column, results)
     assert results[1]["natural"] > 0.9                       # a fine-tune, not a broken model
+    # evaluation sharded between the 2 processes: all 360 images, the same settings; without a random start
+    # (the paper protocol) the very numbers of one process on the same model; with one, a different draw
+    sharded, one = results[2]["sharded"], results[1]["sharded"]
+    assert sharded["paper"]["n"] == 360 and sharded["paper"]["robust_acc"] == results[2]["pgd@0.1"]
+    assert sharded["pgd-rs"]["attack"] == one["pgd-rs"]["attack"]                 # seed and settings as named
+    assert abs(sharded["pgd-rs"]["robust_acc"] - results[2]["pgd-rs@0.1"]) <= 3 / 100
+    assert one["paper"]["robust_acc"] == results[1]["pgd@0.1"]                    # one process: unchanged
     # one set of run files (process 0's), a row per epoch
     metrics = (tmp_path / "run2" / "metrics" / "ft.csv").read_text().splitlines()
     assert len(metrics) == 1 + 4 and (tmp_path / "run2" / "checkpoints" / "ft.pt").exists()
