@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS
-from .io import RobustlibError, check_not_in_use, ensure_dir
+from .io import RobustlibError, check_not_in_use, ensure_dir, write_json
 from .models import MODELS
 from .profiles import FIELD_TYPES, PROFILES, Profile
 
 SMOKE_ENV = "ROBUSTLIB_SMOKE"
+NOTEBOOK_ENV = "ROBUSTLIB_NOTEBOOK"   # set by `run` for each notebook's kernel: its setup records its settings
 SMOKE_VALUES = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False, "false": False,
                 "no": False, "off": False}
 RUNS_ENV = "ROBUSTLIB_RUNS"
@@ -155,6 +156,14 @@ def smoke_requested() -> bool:
                              f"0, false, no, off or unset for the full one") from None
 
 
+def _short(v: float) -> str:
+    """A fraction as written where it is one of a few small ones (1/3, 2/3, 1/6), else as a short decimal."""
+    if round(v, 3) == v:
+        return f"{v:g}"
+    frac = Fraction(v).limit_denominator(12)
+    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - v) < 1e-9 else f"{v:.3g}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What a notebook or script runs with: the profile after overrides, the device and the folders."""
@@ -210,33 +219,33 @@ class RunConfig:
         budget = {"per_image": "L1 per image", "per_value": "L1, mean per value",
                   "per_value/255": "L1, mean per value in 1/255", "paper": "read as notebook 01 decides"}.get(
                       p.dra_budget, p.dra_budget)
+        from .evaluate import PAPER_STEPS
         model = p.model + (f" (width {p.width})" if p.width else "")
-        frac = Fraction(p.dra_p).limit_denominator(12)
-        share = f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - p.dra_p) < 1e-9 and frac.denominator > 1 \
-            else f"{p.dra_p:g}"
         eps = f"{p.ft_eps_max:g}" if p.ft_eps_max == p.ft_eps_min else f"{p.ft_eps_max:g} -> {p.ft_eps_min:g}"
+        fine = None if n_train is None else n_train - p.val_size
+        fine = min(p.ft_train_limit, fine) if p.ft_train_limit and fine is not None else p.ft_train_limit or fine
         lines = [f"profile    {p.name}: {p.description}"]
         if p.smoke:
-            lines.append("           SMOKE, the test setting: at most 512 training images, 2 epochs, attacks of at most "
-                         "5 steps; its numbers test the code, not the method")
+            lines.append(f"           SMOKE: {p.epochs} epochs, training attacks of <= {max(p.at_steps, p.dra_steps)} "
+                         f"steps; its numbers test the code, not the method")
         lines += [
             f"data       {p.dataset}: {count(n_train)} training images, {p.val_size:,} of them held out to choose "
             f"settings; {count(n_test)} test",
             f"           attacked: {count(n_eval)} test images, AutoAttack {min(p.autoattack_limit, n_eval or p.autoattack_limit):,}",
             f"theta_std  {model}, {p.epochs} epochs, batch {p.batch_size}, SGD lr {p.lr:g} ({p.lr_schedule})",
-            f"fine-tune  {p.ft_epochs} epochs at lr {p.ft_lr:g} ({p.ft_lr_schedule}), clean and DRA 1:1"
-            + (f" (weights {p.ft_replay_ratio:g}:1)" if p.ft_replay_ratio != 1 else "")
+            f"fine-tune  {p.ft_epochs} epochs at lr {p.ft_lr:g} ({p.ft_lr_schedule}) on {count(fine)} images, "
+            + ("clean and DRA 1:1" if p.ft_replay_ratio == 1 else f"clean and DRA weighted {_short(p.ft_replay_ratio)}:1")
             + (", alternating updates" if p.ft_replay == "alternating" else ""),
             f"           DRA eps {eps} ({budget}) "
             + ("for" if p.ft_eps_max == p.ft_eps_min else "over")
             + (f" {decay} epochs, then {tail} clean" if tail else f" all {p.ft_epochs} epochs" if
                p.ft_eps_max == p.ft_eps_min or decay >= p.ft_epochs else f" {decay} epochs, then held")
-            + f"; p = {share}, T = {p.dra_steps}"
-            + (f"; on {p.ft_train_limit:,} of the training images" if p.ft_train_limit else ""),
-            f"evaluate   PGD at eps {', '.join(map(str, p.eval_eps))} (training and selection at {p.main_eps})",
+            + f"; p = {_short(p.dra_p)}, T = {p.dra_steps}",
+            f"evaluate   PGD-{PAPER_STEPS} at eps {', '.join(map(str, p.eval_eps))}; the PGD baselines train and "
+            f"checkpoints are chosen at {p.main_eps}",
             f"seeds      {', '.join(map(str, p.seeds))}; ablations {', '.join(map(str, p.ablation_seeds))}",
-            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else "") +
-            f"; run_dir {self.run_dir}; data_root {self.data_root}",
+            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else ""),
+            f"run_dir    {self.run_dir} (data: {self.data_root})",
         ]
         if self.overrides:
             lines.append(f"overrides  {self.overrides}")
@@ -308,4 +317,8 @@ def setup(
     torch.manual_seed(prof.seed)
     if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest
         torch.backends.cudnn.benchmark = True        # convolution per shape, at the cost of bitwise repeatability
-    return RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}), nproc=nproc)
+    cfg = RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}), nproc=nproc)
+    stem = os.environ.get(NOTEBOOK_ENV, "")
+    if re.fullmatch(r"\d\d_\w+", stem):     # a kernel of `run`: what this notebook runs with, for the report
+        write_json(ensure_dir(run_dir / "notebooks") / f".{stem}.settings.json", cfg.settings())
+    return cfg

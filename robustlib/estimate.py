@@ -18,6 +18,7 @@ full run starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 
@@ -426,8 +427,14 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
     def timed(unit):      # what one process does: its share of each training batch
         return (*unit[:3], unit[3] // nproc) if unit[0] == "train" and nproc > 1 else unit
 
-    with torch.random.fork_rng(devices=[cfg.device] if cfg.device.type == "cuda" else []):
-        cost = measure(cfg, [timed(w.unit) for w in items], batches=batches, progress=progress)
+    threads = torch.get_num_threads()
+    if nproc > 1 and cfg.device.type == "cpu":    # on a CPU each process gets its share of the threads, as launched
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    try:
+        with torch.random.fork_rng(devices=[cfg.device] if cfg.device.type == "cuda" else []):
+            cost = measure(cfg, [timed(w.unit) for w in items], batches=batches, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
              "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" else 1)} for w in items]
     notebooks = sorted({w.notebook for w in items})

@@ -116,7 +116,7 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 
 
 # what atomic_open's mkstemp names (".<name>.<8 random characters>.tmp") and run.py's partial notebooks
-_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\..+\.partial\.ipynb|\..+\.launch\.pt")
+_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\..+\.partial\.ipynb|\..+\.launch\.pt|\..+\.settings\.json")
 
 
 def remove_stale_temporaries(directory: str | os.PathLike, subfolders=()) -> int:

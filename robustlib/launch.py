@@ -103,7 +103,11 @@ def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progr
             code = proc.wait()
         except BaseException:           # interrupted: stop the processes (their finished epochs are checkpointed)
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             raise
     finally:
         spec.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .io import save_figure
+from .io import RobustlibError, save_figure
 
 
 def set_theme() -> None:
@@ -182,6 +182,9 @@ def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict,
     with a ±1 sd whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one
     run. A difference inside the band is one the seeds alone could make."""
     ref = per_seed[per_seed[label] == reference].set_index("seed")
+    if ref.empty:
+        raise RobustlibError(f"no {label} {reference!r} in the table to draw differences from; pass one of "
+                             f"{', '.join(map(repr, dict.fromkeys(per_seed[label])))}")
     others = [m for m in dict.fromkeys(per_seed[label]) if m != reference]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 1.8, 1.2 + 0.5 * len(others)),
                              sharey=True, squeeze=False)
@@ -193,10 +196,17 @@ def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict,
         ax.set(title=heading, xlabel="difference from the reference (points)")
     axes[0, 0].set_yticks(range(len(others)), others)
     axes[0, 0].set_ylim(len(others) - 0.5, -0.5)
-    n = len(ref)
-    fig.suptitle(f"{title}\nreference: {reference}; {n} seed{'s' * (n != 1)}, grey: ±1 sd of the reference over seeds",
-                 fontsize=10)
+    fig.suptitle(f"{title}\nreference: {reference}; {_seeds_note(per_seed, reference)}", fontsize=10)
     return finish(fig, run_dir, name)
+
+
+def _seeds_note(per_seed: pd.DataFrame, reference: str) -> str:
+    """What the dots and the band are, in the words of a figure's subtitle."""
+    n = per_seed["seed"].nunique()
+    if n < 2:
+        return "1 seed: no spread to show"
+    return (f"{n} seeds: a small dot per seed, a large one for their mean ±1 sd; grey: ±1 sd of {reference}'s own "
+            f"results over the seeds, for scale (the verdicts' intervals are in the tables)")
 
 
 def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, others: list[str], title: str,
@@ -204,6 +214,8 @@ def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, othe
     """For a wide table (one column per model, one row per ``row`` value and seed), each of ``others`` minus
     ``reference`` on the same seed, in points, one line per ``row`` value (e.g. per corruption); the grey
     band is ±1 sd of the reference over the seeds on that row."""
+    if reference not in per_seed:
+        raise RobustlibError(f"no column {reference!r} in the table to draw differences from")
     rows = list(dict.fromkeys(per_seed[row]))
     colours = sns.color_palette("colorblind", len(others))
     fig, ax = plt.subplots(figsize=(8.4, 1.2 + 0.42 * len(rows)))
@@ -218,6 +230,5 @@ def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, othe
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel=f"accuracy minus {reference}'s (points)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-    n = per_seed["seed"].nunique()
-    fig.suptitle(f"{title}\n{n} seed{'s' * (n != 1)}, grey: ±1 sd of {reference} over seeds", fontsize=10)
+    fig.suptitle(f"{title}\n{_seeds_note(per_seed, reference)}", fontsize=10)
     return finish(fig, run_dir, name)

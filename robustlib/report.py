@@ -414,7 +414,8 @@ def _settings_drift(profile: Profile, ran: Mapping[str, dict[str, str]]) -> pd.D
     now = {k: repr(v) for k, v in profile.as_dict().items() if k not in ("name", "description")}
     rows: dict[tuple, list[str]] = {}
     for stem, fields in ran.items():
-        for k in sorted(set(now) | set(fields)):
+        # a field the run did not have yet (added to the profiles since) is no drift: it could not be set then
+        for k in sorted(set(now) & set(fields) | (set(fields) - set(now))):
             if fields and now.get(k) != fields.get(k):
                 rows.setdefault((k, now.get(k, "(no such field)"), fields.get(k, "(no such field)")), []).append(stem[:2])
     return pd.DataFrame([(*key, ", ".join(v)) for key, v in rows.items()],
@@ -423,25 +424,42 @@ def _settings_drift(profile: Profile, ran: Mapping[str, dict[str, str]]) -> pd.D
 
 def check_expected_gaps(table: pd.DataFrame, profile: Profile) -> str:
     """The profile's ``expected_gaps`` on a full run's methods table (rows by method): one line, or a one-line
-    :class:`RobustlibError` naming every gap below its floor. Not checked in the smoke setting."""
+    :class:`RobustlibError` naming every gap below its floor, in points. An entry whose column this run did not
+    evaluate (another ``eval_eps``) is said to be unchecked. Nothing is checked in the smoke setting."""
     if profile.smoke or not profile.expected_gaps:
         return f"expected gaps: none {'in the smoke setting' if profile.smoke else 'set for this profile'}"
-    shown, failed = [], []
+    shown, failed, unchecked = [], [], []
     for entry in profile.expected_gaps:
         g = GAP.fullmatch(entry)
         a, b, column, floor = g["a"], g["b"], g["column"], float(g["floor"])
-        missing = [n for n in (a, b) if n not in table.index] + ([column] if column not in table.columns else [])
+        missing = [n for n in (a, b) if n not in table.index]
         if missing:
-            raise RobustlibError(f"expected gap {entry!r}: {', '.join(missing)} not in the table; fix the profile's "
-                                 f"expected_gaps")
+            raise RobustlibError(f"expected gap {entry!r}: no row {', '.join(missing)} in the table; fix the "
+                                 f"profile's expected_gaps")
+        if column not in table.columns:
+            unchecked.append(column)
+            continue
         gap = float(table.loc[a, column] - table.loc[b, column])
-        shown.append(f"{a} - {b} {column} = {gap:+.3f} (>= {floor:g})")
+        shown.append(f"{a} - {b} {column} {100 * gap:+.1f} points (floor {100 * floor:+.1f})")
         if not gap >= floor:
             failed.append(shown[-1])
     if failed:
         raise RobustlibError(f"this run is far off the profile's record: {'; '.join(failed)} (profile "
                              f"{profile.name!r}, expected_gaps); check what changed before trusting its tables")
-    return "expected gaps hold: " + "; ".join(shown)
+    note = f"; not evaluated here, so unchecked: {', '.join(unchecked)}" if unchecked else ""
+    return "expected gaps hold: " + "; ".join(shown) + note
+
+
+def check_expected_clean_acc(accuracy: float, profile: Profile) -> str:
+    """theta_std's clean accuracy against the profile's ``expected_clean_acc`` (full runs): one line, or a
+    one-line :class:`RobustlibError` when it is below that floor."""
+    floor = profile.expected_clean_acc
+    if floor is None:
+        return "no floor for theta_std's clean accuracy on this profile" + (" (smoke setting)" if profile.smoke else "")
+    if not accuracy >= floor:
+        raise RobustlibError(f"theta_std's clean accuracy {100 * accuracy:.1f}% is below the floor of profile "
+                             f"{profile.name!r}, {100 * floor:.1f}% (expected_clean_acc); check what changed before going on")
+    return f"theta_std's clean accuracy {100 * accuracy:.1f}% is above the profile's floor of {100 * floor:.1f}%"
 
 
 # ------------------------------------------------------------------------------------------ the report

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .io import LOCK_ENV, RobustlibError, ensure_dir, read_json, remove_stale_temporaries, run_lock, write_json
-from .config import SMOKE_ENV, repo_root, setup, smoke_requested
+from .config import NOTEBOOK_ENV, SMOKE_ENV, repo_root, setup, smoke_requested
 from .launch import NPROC_ENV
 from . import data, report
 
@@ -185,10 +185,13 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
                       overrides=dict(overrides or {}), retrain=retrain)
         print(f"  {nb.name} ...", end="", flush=True)
         t0 = time.perf_counter()
+        recorded = cfg.path("notebooks", f".{nb.stem}.settings.json")     # the kernel's setup writes it
+        recorded.unlink(missing_ok=True)
         try:
-            pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name="python3",
-                                cwd=str(nb.parent), progress_bar=False, log_output=log_output,
-                                config=_kernel_config(sockets, quiet=not log_output))
+            with _environment({NOTEBOOK_ENV: nb.stem}):
+                pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name="python3",
+                                    cwd=str(nb.parent), progress_bar=False, log_output=log_output,
+                                    config=_kernel_config(sockets, quiet=not log_output))
         except KeyboardInterrupt:
             print(" stopped", flush=True)
             raise
@@ -204,9 +207,11 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
         os.replace(partial, out)
         seconds = time.perf_counter() - t0
         print(f" done in {seconds:.0f} s", flush=True)
+        # what the notebook ran with, as its own kernel's setup recorded it (the report's drift check)
+        settings = read_json(recorded, default=None) or cfg.settings()
         _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device),
-                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {}),
-                                      "settings": cfg.settings()})     # what it ran with: the report's drift check
+                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {}), "settings": settings})
+        recorded.unlink(missing_ok=True)
         completed.append(nb.stem)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results
         path = report.build_report(cfg)

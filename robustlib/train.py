@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -599,8 +600,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                              f"the checkpoint it came from)")
     trained, main = distributed.wrap(model, device), distributed.is_main()
     # a text bar on stdout: in a notebook saved and reopened it reads as its last line (a widget would not load)
-    bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, mininterval=1.0, dynamic_ncols=True,
-               file=sys.stdout)
+    bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, dynamic_ncols=True, file=sys.stdout,
+               mininterval=float(os.environ.get("TQDM_MININTERVAL", 1.0)))     # (run sets 5: few updates under papermill)
     for epoch in bar:
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
                               clean_weight=clean_weight, evaluate=evaluate, amp=amp, device=device,

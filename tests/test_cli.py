@@ -54,7 +54,9 @@ def test_smoke_run_of_the_pretraining_notebook(tmp_path):
     for f in ("checkpoints/vanilla.pt", "metrics/vanilla.csv", "figures/02_confusion_matrix.svg",
               "tables/02_pretraining.csv", "timings.json"):
         assert (run_dir / f).exists(), f
-    assert json.loads((run_dir / "timings.json").read_text())["02_pretraining"]["smoke"] is True
+    timing = json.loads((run_dir / "timings.json").read_text())["02_pretraining"]
+    assert timing["smoke"] is True and timing["settings"]["epochs"] == "2"     # what it ran with (smoke: 2)
+    assert not list((run_dir / "notebooks").glob(".*settings.json"))          # the kernel's record, taken in
 
     # a damaged checkpoint: one line naming the file, non-zero exit, and the file is left as it was
     ckpt = run_dir / "checkpoints" / "vanilla.pt"

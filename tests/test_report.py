@@ -258,14 +258,41 @@ def test_the_settings_a_run_recorded_are_what_the_drift_check_reads(run_dir):
     assert f"| dra_steps | {run_dir.profile.dra_steps} | 999 | 03 |" in md      # 03 recorded none: its printout
 
 
-def test_the_configuration_prints_as_a_short_summary():
-    cfg = robustlib.setup("paper-mnist", device="cpu", smoke=False, create=False)
-    text = str(cfg)
-    assert len(text.splitlines()) <= 10 and all(len(line) <= 110 for line in text.splitlines())
+def test_a_kernel_of_run_records_the_settings_its_notebook_runs_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLIB_NOTEBOOK", "04_ablations")
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True, overrides={"lr": 0.07})
+    assert json.loads((tmp_path / "notebooks" / ".04_ablations.settings.json").read_text()) == cfg.settings()
+    assert cfg.settings()["lr"] == "0.07"
+    monkeypatch.delenv("ROBUSTLIB_NOTEBOOK")
+    robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "b"), smoke=True)   # a notebook opened by hand
+    assert not (tmp_path / "b" / "notebooks").exists()
+
+
+@pytest.mark.parametrize("profile", ["quick", "fashion", "paper-mnist", "paper-cifar10"])
+@pytest.mark.parametrize("smoke", [False, True])
+def test_the_configuration_prints_as_a_short_summary(profile, smoke):
+    text = str(robustlib.setup(profile, device="cpu", smoke=smoke, create=False))
+    lines = [line for line in text.splitlines() if not line.startswith("run_dir")]      # (a path's own length)
+    assert len(lines) <= 11 and all(len(line) <= 110 for line in lines), text
+    assert ("SMOKE" in text) == smoke
+
+
+def test_the_summarys_counts_are_the_splits_the_notebooks_use():
+    from robustlib.data import load_splits, split_validation
+
+    for smoke in (False, True):
+        cfg = robustlib.setup("quick", device="cpu", smoke=smoke, create=False)
+        train, test = load_splits(cfg.profile, cfg.data_root)
+        rest, held = split_validation(train, cfg.profile.val_size, cfg.profile.seed)
+        attacked = test.subset(cfg.profile.eval_limit, seed=1)
+        text = str(cfg)
+        assert f"{len(train):,} training images, {len(held):,} of them held out" in text
+        assert f"; {len(test):,} test" in text and f"attacked: {len(attacked):,} test images" in text
+        assert f"on {len(rest):,} images" in text
+    text = str(robustlib.setup("paper-mnist", device="cpu", smoke=False, create=False))
     assert "60,000 training images, 5,000 of them held out" in text and "p = 2/3, T = 20" in text
     assert "DRA eps 0.1 (read as notebook 01 decides) for all 50 epochs" in text
-    assert "SMOKE" in str(robustlib.setup("quick", device="cpu", smoke=True, create=False))
-    assert "  dra_steps            20" in cfg.describe()            # every field, for whoever wants them all
+    assert "  dra_steps            20" in robustlib.setup("paper-mnist", device="cpu", smoke=False, create=False).describe()
 
 
 def test_build_report_on_an_empty_run_dir(tmp_path):
@@ -301,11 +328,17 @@ def test_a_profiles_expected_gaps_pass_fail_and_name_what_is_wrong():
     p = dataclasses.replace(robustlib.setup("quick", device="cpu", smoke=False, create=False).profile,
                             expected_gaps=("Ours - Vanilla natural-all >= -0.005", "Ours - Vanilla pgd-rs@0.1 >= 0.10"))
     table = pd.DataFrame({"natural-all": [0.99, 0.992], "pgd-rs@0.1": [0.70, 0.55]}, index=["Ours", "Vanilla"])
-    assert "expected gaps hold: Ours - Vanilla natural-all = -0.002 (>= -0.005)" in report.check_expected_gaps(table, p)
-    with pytest.raises(RobustlibError, match=r"far off the profile's record: Ours - Vanilla pgd-rs@0.1 = \+0.050"):
+    assert ("expected gaps hold: Ours - Vanilla natural-all -0.2 points (floor -0.5)"
+            in report.check_expected_gaps(table, p))
+    with pytest.raises(RobustlibError, match=r"far off the profile's record: Ours - Vanilla pgd-rs@0.1 \+5.0 points"):
         report.check_expected_gaps(table.assign(**{"pgd-rs@0.1": [0.60, 0.55]}), p)
-    with pytest.raises(RobustlibError, match="pgd-rs@0.1 not in the table"):
-        report.check_expected_gaps(table.drop(columns="pgd-rs@0.1"), p)
+    # a column this run did not evaluate (another eval_eps) is said unchecked; a missing row is a profile error
+    assert "unchecked: pgd-rs@0.1" in report.check_expected_gaps(table.drop(columns="pgd-rs@0.1"), p)
+    with pytest.raises(RobustlibError, match="no row Vanilla in the table"):
+        report.check_expected_gaps(table.drop(index="Vanilla"), p)
+    with pytest.raises(RobustlibError, match=r"clean accuracy 96.0% is below the floor of profile 'quick', 97.0%"):
+        report.check_expected_clean_acc(0.96, p)
+    assert "above the profile's floor" in report.check_expected_clean_acc(0.98, p)
     assert "smoke" in report.check_expected_gaps(table.iloc[:0], dataclasses.replace(p, smoke=True))
     with pytest.raises(ValueError, match="expected_gaps"):
         dataclasses.replace(p, expected_gaps=("Ours beats Vanilla",))
