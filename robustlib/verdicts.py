@@ -143,6 +143,34 @@ def between(df: pd.DataFrame, a: str, b: str, column: str, *, key: str = "method
                    margin=margin, label=f"{column} {a} - {b}")
 
 
+def reading(df: pd.DataFrame, reference: str, columns: Mapping[str, str], *, key: str = "method") -> str:
+    """An ablation's reading in Markdown, from the numbers: each other row of a per-seed table against the
+    ``reference`` row, paired by seed, in every column of ``columns`` (``{column: words}``), with its 95%
+    interval and verdict, then one sentence on what differs beyond the noise."""
+    rows = [r for r in dict.fromkeys(df[key].astype(str)) if r != reference]
+    found, lines = [], []
+    seeds = 0
+    for row in rows:
+        parts = []
+        for column, words in columns.items():
+            c = between(df, row, reference, column, key=key)
+            seeds = max(seeds, c.seeds)
+            interval = f" [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]" if c.seeds > 1 else ""
+            parts.append(f"{words} {100 * c.diff:+.1f}{interval} ({c.verdict})")
+            if c.verdict != INCONCLUSIVE:
+                found.append(f"*{row}* {'raises' if c.verdict == HOLDS else 'lowers'} {words}")
+        lines.append(f"- *{row}*: " + "; ".join(parts))
+    head = (f"**Reading.** Each variant minus *{reference}*, paired by training seed ({seeds} seed"
+            f"{'s' * (seeds != 1)}), in points with the 95% interval of seed and test-sample noise:")
+    if seeds < 2:
+        tail = "With one seed there is no interval: these differences are not evidence either way."
+    elif found:
+        tail = "Beyond the noise: " + "; ".join(found) + ". Everything else is within it."
+    else:
+        tail = "No variant differs from the reference beyond the noise: on this evidence the choice does not matter here."
+    return "\n".join([head, "", *lines, "", tail])
+
+
 def against(df: pd.DataFrame, reference: str, column: str, *, key: str = "method", margin: float = 0.0) -> list[Comparison]:
     """Every other row of a per-seed table minus the ``reference`` row (an ablation read against the
     profile's own run), with :func:`between`."""
