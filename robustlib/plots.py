@@ -19,6 +19,14 @@ def set_theme() -> None:
     matplotlib.rcParams.update({"figure.dpi": 100, "axes.titleweight": "bold", "svg.hashsalt": "robustlib"})
 
 
+def show(fig) -> None:
+    """Show ``fig`` here, before what the cell prints next (a notebook otherwise draws it at the cell's end),
+    and let it go."""
+    from IPython.display import display
+    display(fig)
+    plt.close(fig)
+
+
 def finish(fig, run_dir: str | Path | None, name: str):
     """Tighten the layout and save the figure to ``<run_dir>/figures/<name>.{svg,png}``."""
     fig.tight_layout()
@@ -206,7 +214,7 @@ def _seeds_note(per_seed: pd.DataFrame, reference: str) -> str:
     if n < 2:
         return "1 seed: no spread to show"
     return (f"{n} seeds: a small dot per seed, a large one for their mean ±1 sd; grey: ±1 sd of {reference}'s own "
-            f"results over the seeds, for scale (the verdicts' intervals are in the tables)")
+            f"results over the seeds, for scale (the verdicts' intervals are in the reading)")
 
 
 def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, others: list[str], title: str,

@@ -39,6 +39,8 @@ from typing import Iterable, Mapping
 import pandas as pd
 from scipy import stats
 
+from .io import RobustlibError
+
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested on this profile"
 LEVEL = 0.95
 NOT_LOWER = -0.005   # "keeps accuracy": not more than half a point lower (the margin of a non-inferiority claim)
@@ -146,28 +148,41 @@ def between(df: pd.DataFrame, a: str, b: str, column: str, *, key: str = "method
 def reading(df: pd.DataFrame, reference: str, columns: Mapping[str, str], *, key: str = "method") -> str:
     """An ablation's reading in Markdown, from the numbers: each other row of a per-seed table against the
     ``reference`` row, paired by seed, in every column of ``columns`` (``{column: words}``), with its 95%
-    interval and verdict, then one sentence on what differs beyond the noise."""
-    rows = [r for r in dict.fromkeys(df[key].astype(str)) if r != reference]
-    found, lines = [], []
-    seeds = 0
-    for row in rows:
+    interval and what it shows (higher, lower, or not distinguishable), then one sentence on what differs
+    beyond the noise, with the caveat of many comparisons."""
+    names = list(dict.fromkeys(df[key].astype(str)))
+    if reference not in names:
+        raise RobustlibError(f"no {key} {reference!r} in the table to read the others against; pass one of "
+                             f"{', '.join(map(repr, names))}")
+    found, lines, comparisons, noise = [], [], 0, "seed noise"
+    for row in (r for r in names if r != reference):
         parts = []
         for column, words in columns.items():
             c = between(df, row, reference, column, key=key)
-            seeds = max(seeds, c.seeds)
+            comparisons += 1
+            if c.test_noise:
+                noise = "seed and test-sample noise"
+            if c.seeds == 0:
+                parts.append(f"{words}: no paired seeds")
+                continue
+            shown = {HOLDS: "higher", FAILS: "lower"}.get(c.verdict, "not distinguishable")
             interval = f" [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]" if c.seeds > 1 else ""
-            parts.append(f"{words} {100 * c.diff:+.1f}{interval} ({c.verdict})")
+            parts.append(f"{words} {100 * c.diff:+.1f}{interval}, {shown}")
             if c.verdict != INCONCLUSIVE:
-                found.append(f"*{row}* {'raises' if c.verdict == HOLDS else 'lowers'} {words}")
-        lines.append(f"- *{row}*: " + "; ".join(parts))
-    head = (f"**Reading.** Each variant minus *{reference}*, paired by training seed ({seeds} seed"
-            f"{'s' * (seeds != 1)}), in points with the 95% interval of seed and test-sample noise:")
-    if seeds < 2:
+                found.append(f"*{row}* has {shown} {words}")
+        seeds = {between(df, row, reference, col, key=key).seeds for col in columns}
+        lines.append(f"- *{row}* ({'/'.join(map(str, sorted(seeds)))} seed{'s' * (max(seeds) != 1)}): "
+                     + "; ".join(parts))
+    head = (f"**Reading.** Each variant minus *{reference}*, paired by training seed, in points, with the 95% "
+            f"interval of {noise} where there are two seeds or more:")
+    if all(between(df, r, reference, col, key=key).seeds < 2 for r in names if r != reference for col in columns):
         tail = "With one seed there is no interval: these differences are not evidence either way."
     elif found:
-        tail = "Beyond the noise: " + "; ".join(found) + ". Everything else is within it."
+        tail = (f"Beyond the noise: {'; '.join(found)}. Of {comparisons} comparisons at 95% each, about "
+                f"{comparisons / 20:.1g} would fall outside by chance alone, so one such result is weak evidence.")
     else:
-        tail = "No variant differs from the reference beyond the noise: on this evidence the choice does not matter here."
+        tail = ("Every interval contains 0: these seeds cannot tell the variants from the reference apart "
+                "(differences as large as the intervals are not ruled out).")
     return "\n".join([head, "", *lines, "", tail])
 
 

@@ -69,13 +69,19 @@ def test_docstring_example():
 def test_an_ablations_reading_says_what_differs_beyond_the_noise_and_only_that():
     import pandas as pd
 
+    from robustlib.io import RobustlibError
+
     df = pd.DataFrame({"method": ["ref"] * 3 + ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 3,
                        "natural": [.90, .91, .92, .90, .91, .93, .85, .86, .87],
                        "pgd@0.1": [.50, .52, .51, .60, .61, .62, .50, .51, .52], "images": [360] * 9})
     text = verdicts.reading(df, "ref", {"natural": "natural accuracy", "pgd@0.1": "robust accuracy"})
-    assert "- *a*: natural accuracy +0.3 [-4.1, +4.7] (inconclusive); robust accuracy +10.0 [+2.4, +17.6] (holds)" in text
-    assert "Beyond the noise: *a* raises robust accuracy; *b* lowers natural accuracy." in text
+    assert ("- *a* (3 seeds): natural accuracy +0.3 [-4.1, +4.7], not distinguishable; robust accuracy +10.0 "
+            "[+2.4, +17.6], higher") in text
+    assert "Beyond the noise: *a* has higher robust accuracy; *b* has lower natural accuracy. Of 4 comparisons" in text
+    assert "seed and test-sample noise" in text
     same = df.assign(natural=[.90, .91, .92] * 3, **{"pgd@0.1": [.5, .52, .51] * 3})
-    assert "No variant differs from the reference beyond the noise" in verdicts.reading(same, "ref", {"natural": "n"})
-    one = df[df.seed == 0]
-    assert "With one seed there is no interval" in verdicts.reading(one, "ref", {"natural": "n"})
+    assert "Every interval contains 0" in verdicts.reading(same, "ref", {"natural": "n"})
+    assert "seed noise where" in verdicts.reading(same.drop(columns="images"), "ref", {"natural": "n"})
+    assert "With one seed there is no interval" in verdicts.reading(df[df.seed == 0], "ref", {"natural": "n"})
+    with pytest.raises(RobustlibError, match="no method 'reff' in the table"):
+        verdicts.reading(df, "reff", {"natural": "n"})
