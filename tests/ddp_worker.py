@@ -1,6 +1,6 @@
 """One process of a short DRA fine-tune under torchrun (tests/test_distributed.py launches it).
 
-    torchrun --nproc_per_node N tests/ddp_worker.py THETA RUN_DIR OUT.json [--stop-at-epoch E]
+    torchrun --nproc_per_node N tests/ddp_worker.py THETA RUN_DIR OUT.json [--stop-at-epoch E] [--device cuda]
 
 Fine-tunes THETA (a digits-cnn state_dict) on scikit-learn's digits with the paper's objective and DRA, a
 global batch of 64 split among the processes, then process 0 writes clean and PGD accuracy on the test split
@@ -28,8 +28,9 @@ def main():
     for arg in ("theta", "run_dir", "out"):
         parser.add_argument(arg)
     parser.add_argument("--stop-at-epoch", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cuda: NCCL, each process on its own GPU")
     args = parser.parse_args()
-    device = distributed.init("cpu")
+    device = distributed.init(args.device)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     model = build_model("digits-cnn", in_channels=1, image_size=8, mean=[0.3], std=[0.38])
     model.load_state_dict(torch.load(args.theta, weights_only=True))
@@ -45,7 +46,7 @@ def main():
     adversary = Adversary("dra", eps=EpsSchedule(6.0, 1.5, EPOCHS), p=1 / 3, steps=3)
     fit(model, loader, epochs=EPOCHS, lr=0.01, lr_schedule="constant", objective="finetune", adversary=adversary,
         evaluate=evaluate, device=device, run_dir=args.run_dir, name="ft", progress=False)
-    weights = hashlib.sha1(b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values()))
+    weights = hashlib.sha1(b"".join(v.detach().cpu().contiguous().numpy().tobytes() for v in model.state_dict().values()))
     with open(f"{args.out}.rank{distributed.rank()}", "w") as f:     # every process: its own copy of the weights
         json.dump({"weights": weights.hexdigest()}, f)
     x, y = test.float_x(), test.y
