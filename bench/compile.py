@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+START = time.strftime("%Y-%m-%dT%H:%M:%S")
+
 import torch
 import torch.nn.functional as F
 
@@ -63,13 +65,15 @@ def main() -> None:
             return f
 
         def grad(m):
-            def f():
+            def f():           # an attack's passes: gradients to the input only, none to the weights
                 m.eval()
+                net.requires_grad_(False)
                 for _ in range(args.steps):
                     xi = x.detach().requires_grad_(True)
                     with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
                         loss = F.cross_entropy(m(xi), y, reduction="sum")
                     torch.autograd.grad(loss, xi)
+                net.requires_grad_(True)
             return f
 
         first = {}
@@ -96,12 +100,18 @@ def main() -> None:
               f"  speed-up {row['train_speedup']:.2f}x\n"
               f"  {args.steps} input grads  eager {t['grad eager'] * 1e3:7.2f} ms  compiled "
               f"{t['grad compiled'] * 1e3:7.2f} ms  speed-up {row['grad_speedup']:.2f}x", flush=True)
+        save(args, device, rows)      # after every batch size: a call stopped later keeps what it measured
+
+
+def save(args, device, rows) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    old = read_json(out) if out.exists() else []
+    runs = read_json(out) if out.exists() else []
+    entry = {"model": args.model, "width": args.width, "mode": args.mode, "device": str(device),
+             "torch": torch.__version__, "started": START, "rows": rows}
+    runs = [r for r in runs if r.get("started") != START] + [entry]
     with atomic_open(out) as f:
-        json.dump(old + [{"model": args.model, "width": args.width, "mode": args.mode, "device": str(device),
-                          "torch": torch.__version__, "rows": rows}], f, indent=1)
+        json.dump(runs, f, indent=1)
 
 
 if __name__ == "__main__":

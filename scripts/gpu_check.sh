@@ -6,13 +6,16 @@
 #   estimate         the estimate for paper-cifar10 and paper-mnist on this GPU;
 #   bench-attacks    bench/attacks.py (DRA vs bare passes, PGD vs torchattacks) on ResNet-50;
 #   smoke            paper-cifar10's notebook sequence in the smoke setting on generated CIFAR-10 files, on CUDA;
-#   ddp              tests/ddp_worker.py (a DRA fine-tune of a digits model) under torchrun with NCCL, one process
-#                    on the GPU: stopped in epoch 2, resumed, and the same fine-tune in a plain process
+#   ddp              tests/ddp_worker.py (a DRA fine-tune of a digits model) under torchrun, one process on the
+#                    GPU: stopped in epoch 2, resumed, and the same fine-tune in a plain process (with one
+#                    process distributed.init is a no-op: this checks resuming on CUDA, not NCCL or DDP)
 #                    (needs a digits theta in .gpu/theta.pt, made as tests/test_distributed.py makes it);
 #   compile          bench/compile.py: torch.compile against eager on ResNet-50, batch 128 and 512 (not default).
-# Run from the repository root: bash scripts/gpu_check.sh OUTDIR [SECONDS] [STEP...] (default: every step, in
-# this order). Each step has its own time limit and the last one gets what is left of SECONDS (default 380),
-# so the whole call ends in time. Everything goes to OUTDIR: gpu_check.log (the steps' output) and each
+# Run from the repository root: bash scripts/gpu_check.sh OUTDIR [SECONDS] [STEP...]. The steps run in the
+# order above whatever order they are named in; without names: bench-train, bench-train-512, estimate,
+# bench-attacks and smoke (not ddp or compile). Each step has its own time limit and the last one gets what
+# is left of SECONDS (default 380), so the whole call ends in time. The default steps need about 800 s on an
+# H100 (the smoke sequence alone about 440 s): give SECONDS accordingly, or name fewer steps. Everything goes to OUTDIR: gpu_check.log (the steps' output) and each
 # step's JSON/CSV, the smoke run as smoke.tar.gz (checkpoints left out).
 # The smoke step can start from a run directory made elsewhere (e.g. notebooks 00-02 on a CPU, carried in
 # .gpu/gpu-smoke with its data, made under /tmp/gpu-smoke): set SMOKE_ONLY="03 04 05" to run those alone;
@@ -24,6 +27,12 @@ OUT=${1:?usage: bash scripts/gpu_check.sh OUTDIR [SECONDS] [STEP...]}
 BUDGET=${2:-380}
 shift; shift 2>/dev/null
 STEPS=${*:-bench-train bench-train-512 estimate bench-attacks smoke}
+for s in $STEPS; do
+    case $s in bench-train|bench-train-512|estimate|bench-attacks|smoke|ddp|compile) ;;
+        *) echo "gpu_check.sh: unknown step '$s' (SECONDS must come before the steps); steps: bench-train bench-train-512 estimate bench-attacks smoke ddp compile" >&2; exit 2 ;;
+    esac
+done
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: SECONDS must be a whole number, not '$BUDGET'" >&2; exit 2; }
 START=$(date +%s)
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
@@ -55,7 +64,7 @@ want estimate && step estimate-paper-mnist 50 $PY -m robustlib estimate --profil
 if want ddp; then
     rm -rf /tmp/ddp && mkdir -p /tmp/ddp
     TR="$PY -m torch.distributed.run --standalone --nproc_per_node 1 tests/ddp_worker.py .gpu/theta.pt /tmp/ddp/run $OUT/ddp-torchrun.json --device cuda"
-    step ddp-stopped 60 bash -c "$TR --stop-at-epoch 2 2>&1 | tail -3"
+    step ddp-stopped 60 bash -c "$TR --stop-at-epoch 2 2>&1 | grep -m1 -o 'stopped in epoch 2' || echo 'NOT stopped as planned'"
     step ddp-resumed 60 bash -c "$TR && cat $OUT/ddp-torchrun.json"
     step ddp-plain 60 bash -c "$PY tests/ddp_worker.py .gpu/theta.pt /tmp/ddp/plain $OUT/ddp-plain.json --device cuda && cat $OUT/ddp-plain.json"
 fi
@@ -65,7 +74,12 @@ if want smoke; then
     if [ -n "${SMOKE_KEEP:-}" ] && [ -d $SMOKE/run ]; then     # a later call on the same warm machine goes on
         echo "smoke: the run directory left by the last call, notebooks ${SMOKE_ONLY:-all}" | tee -a "$LOG"
         ONLY=(${SMOKE_ONLY:+--only $SMOKE_ONLY})
-    elif [ -n "${SMOKE_ONLY:-}" ] && [ -d .gpu/gpu-smoke ]; then
+    elif [ -n "${SMOKE_ONLY:-}" ] && [ ! -d .gpu/gpu-smoke ]; then
+        echo "smoke: SMOKE_ONLY is set but no .gpu/gpu-smoke was carried; running every notebook on fresh data" | tee -a "$LOG"
+        rm -rf $SMOKE && mkdir -p $SMOKE
+        step fake-data 20 $PY tests/fakedata.py cifar10 $SMOKE/data
+        ONLY=()
+    elif [ -n "${SMOKE_ONLY:-}" ]; then
         rm -rf $SMOKE && cp -r .gpu/gpu-smoke $SMOKE && echo "smoke: carried run directory, notebooks $SMOKE_ONLY" | tee -a "$LOG"
         ONLY=(--only $SMOKE_ONLY)
     else
