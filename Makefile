@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lab clean-notebooks bench example-report clean
+.PHONY: run test lab clean-notebooks bench example-report book clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ clean-notebooks: $(STAMP)  ## strip the outputs that running notebooks/ in Jupyt
 bench: $(STAMP)  ## speed ratios (attacks, each method's epoch vs its floor), appended to runs/bench/*.json
 	$(PY) bench/attacks.py
 	$(PY) bench/train.py --profile $(PROFILE)
+
+book: $(STAMP)  ## runs/$(PROFILE)'s executed notebooks and report as a static site in runs/$(PROFILE)/book (OUT=dir)
+	$(PY) -m robustlib book --profile $(PROFILE) $(if $(OUT),--out "$(OUT)")
 
 EXAMPLE := docs/example-report/$(PROFILE)
 example-report:  ## copy runs/$(PROFILE)'s report, its tables and PNG figures to docs/example-report/$(PROFILE)

@@ -1,5 +1,5 @@
 """Command line: ``python -m robustlib run --profile quick``, ``python -m robustlib estimate --profile
-paper-cifar10 --device cuda`` and ``python -m robustlib profiles``.
+paper-cifar10 --device cuda``, ``python -m robustlib book --profile quick`` and ``python -m robustlib profiles``.
 
 A bad input is one line on stderr (``error: ...``) and exit status 2, before any notebook starts. Ctrl-C or
 SIGTERM stops a run cleanly (exit 130 or 143) and says what was kept.
@@ -83,6 +83,21 @@ def _estimate(args) -> int:
     return 0
 
 
+def _book(args) -> int:
+    from .book import build_book, default_run_dir, site_size
+
+    if args.run_dir:
+        run_dir, advice = args.run_dir, None
+    else:
+        run_dir = default_run_dir(args.profile, args.smoke)
+        advice = (f"python -m robustlib run --profile {args.profile} --smoke" if run_dir.name.endswith("-smoke")
+                  else f"make run PROFILE={args.profile}")
+    index = build_book(run_dir, args.out, advice=advice)
+    pages = len(list(index.parent.glob("*.html")))
+    print(f"book: {index} ({pages} pages, {site_size(index.parent) / 1e6:.1f} MB; opens offline in a browser)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     global _stopped_by
     parser = argparse.ArgumentParser(prog="python -m robustlib", description=__doc__)
@@ -116,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("--batches", type=int, default=3, help="batches timed per kind of work (default 3)")
     est.add_argument("--csv", default=None, help="also write every work item with its count and seconds here")
     est.add_argument("--verbose", action="store_true", help="a line per kind of work as it is timed")
+    book = sub.add_parser("book", help="render a run's executed notebooks and report as a static HTML site",
+                          description="Write index.html, one page per executed notebook and the report, with "
+                                      "MathJax copied in so that math shows offline, to <run dir>/book.")
+    book.add_argument("--profile", default="quick", help="the run directory runs/<profile> (default quick)")
+    book.add_argument("--run-dir", default=None, help="another run directory (overrides --profile)")
+    book.add_argument("--smoke", action="store_true", default=None, help="runs/<profile>-smoke, the smoke run's")
+    book.add_argument("--out", default=None, help="the site's folder (default: <run dir>/book); replaced whole")
     sub.add_parser("profiles", help="list the profiles")
     args = parser.parse_args(argv)
     _stopped_by = "SIGINT"
@@ -129,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, _stop)
         if args.command == "estimate":
             return _estimate(args)
+        if args.command == "book":
+            return _book(args)
         run_sequence(args.profile, device=args.device, run_dir=args.run_dir, data_root=args.data_root,
                      only=args.only, overrides=_overrides(args.overrides, args.overrides_file), smoke=args.smoke,
                      retrain=args.retrain, log_output=args.log_output, estimate=not args.no_estimate,
