@@ -476,6 +476,20 @@ def mean_std(per_seed: pd.DataFrame, keys=("method",)) -> tuple[pd.DataFrame, pd
     return mean.reset_index(), grouped[metrics].std(ddof=1).where(grouped[metrics].count() > 1).reset_index()
 
 
+ACCURACY_WORDS = ("natural", "@", "acc", "rate", "cut", "mass", "ASR", "share")
+
+
+def format_percent(df: pd.DataFrame, *, columns=None):
+    """A table for display with its accuracies and rates (fractions) as percentages with one decimal; other
+    columns as they are, floats to 3 significant digits. ``columns`` (default: every float column whose name
+    holds one of ``ACCURACY_WORDS``) chooses which. The CSVs keep the fractions."""
+    if columns is None:
+        columns = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])
+                   and any(w in str(c) for w in ACCURACY_WORDS)]
+    rest = {c: "{:.3g}" for c in df.columns if pd.api.types.is_float_dtype(df[c]) and c not in columns}
+    return df.style.format({**rest, **{c: "{:.1%}" for c in columns}}, na_rep="-").hide(axis="index")
+
+
 def format_mean_std(mean: pd.DataFrame, std: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
     """``"71.0 ± 1.2"`` strings (percent) for display; the CSVs keep the fractions."""
     keys = list(keys)

@@ -191,3 +191,27 @@ def against(df: pd.DataFrame, reference: str, column: str, *, key: str = "method
     profile's own run), with :func:`between`."""
     return [between(df, row, reference, column, key=key, margin=margin)
             for row in dict.fromkeys(df[key].astype(str)) if row != reference]
+
+
+def paper_gaps(beside: pd.DataFrame, key: str = "method") -> str:
+    """A table beside the paper's, read in Markdown: each measured column minus the paper's (the column
+    ``paper <name>`` beside it), in points, over the rows the paper reports, and the largest difference named.
+    Orientation, not a verdict: the paper's numbers are one run of its own full setup."""
+    cols = [c for c in beside.columns if f"paper {c}" in beside.columns]
+    if not cols:
+        raise RobustlibError(f"no column has a 'paper <name>' column beside it in {list(beside.columns)}; merge the "
+                             "paper's table in with its columns renamed 'paper <name>'")
+    diff = pd.DataFrame({c: 100 * (beside[c].astype(float) - beside[f"paper {c}"].astype(float)) for c in cols})
+    diff.index = beside[key].astype(str)
+    diff = diff.dropna(how="all")
+    if diff.empty:
+        return "**Reading.** None of these rows has a number in the paper's table."
+    stacked = diff.stack()
+    (row, col) = stacked.abs().idxmax()
+    span = "; ".join(f"{c} {diff[c].min():+.1f}" + (f" to {diff[c].max():+.1f}" if diff[c].nunique() > 1 else "")
+                     for c in cols if diff[c].notna().any())
+    return (f"**Reading.** Measured minus the paper's, in points, over the {len(diff)} row{'s' * (len(diff) > 1)} the "
+            f"paper reports: {span}. The largest difference is {row}'s {col} ({stacked[(row, col)]:+.1f}). The paper's "
+            "numbers are one run of its full setup: where a profile is smaller (the smoke setting, fewer epochs, a "
+            "narrower model) these differences measure that distance, not whether the paper's claims hold; the "
+            "claims ledger decides those.")

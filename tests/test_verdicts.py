@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from robustlib import verdicts
+from robustlib.io import RobustlibError
 from robustlib.verdicts import FAILS, HOLDS, INCONCLUSIVE, combine, compare, contrast, per_seed
 
 
@@ -85,3 +86,24 @@ def test_an_ablations_reading_says_what_differs_beyond_the_noise_and_only_that()
     assert "With one seed there is no interval" in verdicts.reading(df[df.seed == 0], "ref", {"natural": "n"})
     with pytest.raises(RobustlibError, match="no method 'reff' in the table"):
         verdicts.reading(df, "reff", {"natural": "n"})
+
+
+def test_paper_gaps_reads_each_column_against_the_paper():
+    from robustlib import paper
+    ref = paper.TABLE_III.rename(columns={c: f"paper {c}" for c in paper.TABLE_III.columns if c != "method"})
+    ours = paper.TABLE_III.copy()
+    ours.loc[ours.method == "Ours", "pgd@8/255"] -= 0.05             # 5 points below the paper on one cell
+    text = verdicts.paper_gaps(ours.merge(ref, on="method"))
+    assert "over the 4 rows" in text and "Ours's pgd@8/255 (-5.0)" in text
+    assert "natural +0.0" in text and "pgd@8/255 -5.0 to +0.0" in text
+    none = ours.assign(**{f"paper {c}": float("nan") for c in ("natural", "pgd@2/255", "pgd@5/255", "pgd@8/255")})
+    assert "None of these rows" in verdicts.paper_gaps(none[[*ours.columns, *[c for c in none.columns if c.startswith("paper")]]])
+    with pytest.raises(RobustlibError, match="paper <name>"):
+        verdicts.paper_gaps(ours)
+
+
+def test_format_percent_shows_accuracies_as_percent_and_leaves_the_rest():
+    from robustlib.evaluate import format_percent
+    df = pd.DataFrame({"method": ["a"], "natural": [0.9912], "pgd@0.1": [0.5], "beta": [0.1], "ratio": [1204.7]})
+    html = format_percent(df).to_html()
+    assert "99.1%" in html and "50.0%" in html and ">0.1<" in html and "1.2e+03" in html and "10.0%" not in html
