@@ -60,3 +60,17 @@ def test_make_labs_git_filter_keeps_a_run_notebooks_outputs_out_of_git(tmp_path)
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in staged["cells"] if c["cell_type"] == "code")
     assert "ran" in (repo / "nb.ipynb").read_text()                  # the working copy is untouched
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_code_cell_compiles(path):
+    """A syntax error in a late cell would otherwise show only when a run reaches it (nbval runs the smoke
+    setting, where a cell behind a profile branch never runs)."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"])
+            try:
+                compile(source, f"{path.name} cell {i}", "exec")
+            except SyntaxError as e:
+                pytest.fail(f"{path.name}, cell {i}: {e}")
