@@ -11,7 +11,6 @@ arithmetic lands between 1e-3 and 1e-2).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _timing import interleaved_medians                      # noqa: E402
+from _timing import interleaved_medians, save_entry          # noqa: E402
 from robustlib.config import resolve_device                    # noqa: E402
-from robustlib.io import atomic_open, read_json                # noqa: E402
 from robustlib.models import build_model                       # noqa: E402
 
 
@@ -104,14 +102,8 @@ def main() -> None:
 
 
 def save(args, device, rows) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = read_json(out) if out.exists() else []
-    entry = {"model": args.model, "width": args.width, "mode": args.mode, "device": str(device),
-             "torch": torch.__version__, "started": START, "rows": rows}
-    runs = [r for r in runs if r.get("started") != START] + [entry]
-    with atomic_open(out) as f:
-        json.dump(runs, f, indent=1)
+    save_entry(args.out, {"model": args.model, "width": args.width, "mode": args.mode, "device": str(device),
+                          "torch": torch.__version__, "started": START, "rows": rows})
 
 
 if __name__ == "__main__":

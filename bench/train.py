@@ -44,7 +44,7 @@ from robustlib.config import resolve_device                                     
 from robustlib.estimate import _fit_kwargs, _random_images                             # noqa: E402
 from robustlib.data import TensorLoader                                                # noqa: E402
 from robustlib.io import atomic_open, read_json                                        # noqa: E402
-from robustlib.models import eval_mode, model_spec                                     # noqa: E402
+from robustlib.models import FoldedBatchNorm, eval_mode, model_spec                                  # noqa: E402
 from robustlib.config import get_profile                                             # noqa: E402
 from robustlib.train import PRECISIONS, build_fast, fit, make_optimizer, resolve_precision   # noqa: E402
 
@@ -73,7 +73,9 @@ class PassCounter:
     def __init__(self, model):
         self.images = {"grad": 0, "fwd": 0, "train": 0}
         self.on = False
-        self.handle = model.register_forward_hook(self._hook)
+        # the last Linear layer, which a FoldedBatchNorm view shares with the model (its passes count too)
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:] or [model]
+        self.handle = last[0].register_forward_hook(self._hook)
 
     def _hook(self, module, args, out):
         if self.on:
@@ -83,7 +85,7 @@ class PassCounter:
 
 def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int) -> list[dict]:
     precision = resolve_precision(p.precision, device) if fast else "fp32"
-    plan = {"precision": precision, "channels_last": bool(p.channels_last) and fast}
+    plan = {"precision": precision, "channels_last": bool(p.channels_last) and fast, "fold_bn": bool(p.fold_bn) and fast}
     dtype = PRECISIONS[precision]
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(
         device.type, enabled=False))
@@ -92,6 +94,7 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
 
     # the bare passes, on one model in this format
     net = build_fast(model_spec(p), device, plan)
+    view = FoldedBatchNorm(net).refresh() if plan["fold_bn"] else net     # what the attacks run on
     opt, _ = make_optimizer(net, lr=1e-3, momentum=p.momentum, weight_decay=p.weight_decay, epochs=1,
                             lr_schedule="constant")
     data = _random_images(p, 2 * batch)
@@ -101,10 +104,10 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
     block = max(p.at_steps, p.dra_steps)
 
     def grad():     # back to back in one eval-mode switch, as an attack makes its T passes
-        with eval_mode(net), autocast(), torch.enable_grad():
+        with eval_mode(view), autocast(), torch.enable_grad():
             for _ in range(block):
                 xi = x.detach().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(net(xi), y, reduction="sum"), xi)
+                torch.autograd.grad(F.cross_entropy(view(xi), y, reduction="sum"), xi)
 
     def fwd():
         with eval_mode(net), autocast(), torch.no_grad():
@@ -129,7 +132,7 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
         q = dataclasses.replace(p, batch_size=batch)
         nets[kind] = build_fast(model_spec(q), device, plan)
         kwargs[kind] = dict(_fit_kwargs(q, kind), lr=1e-3, lr_schedule="constant", device=device, progress=False,
-                            precision=precision)
+                            precision=precision, fold_bn=plan["fold_bn"] and kind != "clean")
         for n in (batches, 2 * batches):
             loaders[kind, n] = TensorLoader(_random_images(q, batch * n), batch_size=batch, shuffle=True,
                                             augment=q.augment, device=device, in_memory=q.in_memory)
@@ -153,11 +156,12 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
         floor = sum(n * unit[k] for k, n in must.items())                  # seconds per batch
         per_batch = (epoch[kind, 2 * batches] - epoch[kind, batches]) / batches
         rows.append({"method": kind, "fast": fast, "precision": precision, "channels_last": plan["channels_last"],
+                     "fold_bn": plan["fold_bn"] and kind != "clean",
                      "images_per_s": batch / per_batch, "batch_s": per_batch, "floor_s": floor,
                      "per_call_s": epoch[kind, batches] - batches * per_batch,
                      "ratio": per_batch / floor, "target": TARGET.get(kind, DEFAULT_TARGET),
                      "must": must, "made": made[kind]})
-    return [{"units_s": unit, "fast": fast, "precision": precision}] + rows
+    return [{"units_s": unit, "fast": fast, "precision": precision, "fold_bn": plan["fold_bn"]}] + rows
 
 
 def _passes(d: dict) -> str:
@@ -173,7 +177,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="batch size (default: the profile's)")
     ap.add_argument("--batches", type=int, default=4, help="batches per timed epoch")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--fast", choices=["off", "on", "both"], help="the fast paths (default: both on CUDA, off elsewhere)")
+    ap.add_argument("--fast", choices=["off", "on", "both", "all"],
+                    help="the fast paths (default: both on CUDA, off elsewhere); all: off, on without folding the "
+                         "BatchNorms for the attacks, and on (with folding where the profile folds)")
     ap.add_argument("--methods", nargs="+", default=list(MUST), choices=list(MUST))
     ap.add_argument("--out", default="runs/bench/train.json")
     args = ap.parse_args()
@@ -185,14 +191,19 @@ def main() -> None:
     batch = args.batch or p.batch_size
     fast = args.fast or ("both" if device.type == "cuda" else "off")
     results = []
-    for f in {"off": [False], "on": [True], "both": [False, True]}[fast]:
-        results += bench(p, device, f, args.methods, batch=batch, batches=args.batches, rounds=args.rounds)
+    nofold = dataclasses.replace(p, fold_bn=False)
+    for q, f in {"off": [(p, False)], "on": [(p, True)], "both": [(p, False), (p, True)],
+                 "all": [(p, False), (nofold, True), (p, True)]}[fast]:
+        if q is nofold and not p.fold_bn:
+            continue                   # the profile does not fold: "on" is the same
+        results += bench(q, device, f, args.methods, batch=batch, batches=args.batches, rounds=args.rounds)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{p.name}: {p.model} width {p.width}, batch {batch}, {args.batches} batches per epoch, {device} ({name}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
     for r in results:
         if "units_s" in r:
-            print(f"\n{r['precision']}{' + channels_last' if r['fast'] and p.channels_last else ''}: bare passes per "
+            print(f"\n{r['precision']}{' + channels_last' if r['fast'] and p.channels_last else ''}"
+                  f"{' + folded BN (attacks)' if r['fold_bn'] else ''}: bare passes per "
                   "batch " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in r["units_s"].items()))
             print(f"  {'method':<22} {'images/s':>9} {'ratio':>6} {'target':>6} {'per call':>9}  "
                   f"{'must (per batch)':<24} made")
@@ -200,10 +211,12 @@ def main() -> None:
         ok = "" if r["ratio"] <= r["target"] else "  over"
         print(f"  {r['method']:<22} {r['images_per_s']:9.0f} {r['ratio']:6.2f} {r['target']:6.2f} "
               f"{1000 * r['per_call_s']:6.0f} ms  {_passes(r['must']):<24} {_passes(r['made'])}{ok}")
-    by = {(r["method"], r["fast"]): r for r in results if "method" in r}
-    if fast == "both":
-        print("\nfast paths: epoch speed-up over fp32 " + ", ".join(
-            f"{m} {by[(m, False)]['batch_s'] / by[(m, True)]['batch_s']:.2f}x" for m in args.methods))
+    off = {r["method"]: r for r in results if "method" in r and not r["fast"]}
+    for folding in (False, True):
+        on = {r["method"]: r for r in results if "method" in r and r["fast"] and r["fold_bn"] == folding}
+        if off and on and (not folding or any(r["fold_bn"] for r in on.values())):
+            print(f"\nfast paths{' with folded BN' if folding else ''}: epoch speed-up over fp32 " + ", ".join(
+                f"{m} {off[m]['batch_s'] / on[m]['batch_s']:.2f}x" for m in args.methods if m in on))
     out = Path(args.out)
     history = read_json(out, default=[])
     history.append({"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -342,7 +342,7 @@ def _time_training(p: Profile, unit: tuple, device: torch.device, batches: int) 
     q = _profile_for(p, model)
     net = build_fast(model_spec(q), device, fast_plan(q))          # the fast paths the runs train with
     kwargs = dict(_fit_kwargs(q, kind), lr=1e-3, lr_schedule="constant", device=device, progress=False,
-                  precision=resolve_precision(q.precision, device))
+                  precision=resolve_precision(q.precision, device), fold_bn=q.fold_bn and kind != "clean")
 
     def loader(n_batches):
         return TensorLoader(_random_images(q, batch * n_batches), batch_size=batch, shuffle=True,

@@ -196,6 +196,8 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
         loader["batch_size"] *= 2
     spec, fast = model_spec(p), fast_plan(p)   # the model it builds (its checkpoint records the same spec)
     fit_kwargs["precision"] = resolve_precision(fast["precision"], cfg.device)
+    if adv is not None and p.fold_bn:      # read only where it acts: the runs that attack
+        fit_kwargs["fold_bn"] = True
     name = run_name(method, seed, adversary, beta, cfg.tag)
     meta = run_meta(cfg, name, p.read, theta_std="scratch" if scratch else theta_fp, recipe=RECIPE,
                     **({"beta": beta} if beta is not None else {}))

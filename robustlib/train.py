@@ -38,7 +38,7 @@ from .data import TensorLoader, load_splits, split_validation
 from .evaluate import accuracy
 from .io import RobustlibError, load_torch, save_torch, write_csv
 from .losses import OBJECTIVES, Adversary, EpsSchedule, clean, replay_weights
-from .models import build_model, eval_mode, first_nonfinite, model_spec
+from .models import FoldedBatchNorm, build_model, eval_mode, first_nonfinite, model_spec
 from .profiles import Recorder
 
 CHECKPOINT_FORMAT = 1
@@ -84,7 +84,7 @@ def _plain(value):
 
 # profile fields added after checkpoints were written, at the value that does what the code before them did:
 # a checkpoint whose run did not read one is accepted at that value (the fast paths, off)
-ADDED_SINCE = {"precision": "fp32", "channels_last": False}
+ADDED_SINCE = {"precision": "fp32", "channels_last": False, "fold_bn": False}
 
 
 def settings_hash(settings: dict) -> str:
@@ -296,7 +296,7 @@ def _architecture(model: nn.Module) -> str:
 
 def fit_record(model: nn.Module, objective, adversary, *, epochs, lr, momentum, weight_decay, lr_schedule,
                milestones, replay, clean_weight, precision, seed, batches: int | None = None,
-               processes: int = 1) -> dict:
+               processes: int = 1, fold_bn: bool = False) -> dict:
     """What a run of :func:`fit` depends on, as JSON values: its arguments (the milestones only where the
     schedule reads them), the model's class, the loader's number of batches (where it has a length) and,
     under torchrun, the number of processes; its checkpoint's state_dict holds the parameters' shapes. The
@@ -307,7 +307,8 @@ def fit_record(model: nn.Module, objective, adversary, *, epochs, lr, momentum, 
                    "milestones": list(milestones) if lr_schedule == "multistep" else None,
                    "objective": objective_id(objective), "adversary": _adversary_id(adversary), "replay": replay,
                    "clean_weight": clean_weight, "precision": precision, "seed": seed,
-                   **({"processes": processes} if processes > 1 else {})})
+                   **({"processes": processes} if processes > 1 else {}),
+                   **({"fold_bn": True} if fold_bn else {})})
 
 
 def _shown(value) -> str:
@@ -492,16 +493,18 @@ def _save_epoch(run_dir: Path, name: str, model, opt, sched, objective, meta, hi
 
 
 def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_weight, evaluate, amp: _Amp, device,
-           name: str, seed: int, epoch: int, trained: nn.Module | None = None) -> dict:
+           name: str, seed: int, epoch: int, trained: nn.Module | None = None,
+           folded: FoldedBatchNorm | None = None) -> dict:
     """Train one epoch, step the schedule, let the objective update its state, evaluate: the epoch's row.
     ``trained``: the module the updates go through (``model`` in DistributedDataParallel under torchrun);
-    attacks, the objective's state and the evaluation see ``model`` itself, and process 0 alone evaluates."""
+    attacks, the objective's state and the evaluation see ``model`` itself, and process 0 alone evaluates.
+    ``folded``: the attacks run on this view of ``model`` instead, refreshed before each."""
     torch.manual_seed(seed * 1000 + epoch)        # dropout, random starts: the same on a resumed run
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     attack = adversary.at(epoch) if adversary is not None else None
-    if attack is not None and trained is not None and trained is not model:   # no gradient sync inside an attack
-        attack = functools.partial(_on, model, attack)
+    if attack is not None and (folded is not None or trained is not None and trained is not model):
+        attack = functools.partial(_on, folded or model, attack)     # no gradient sync inside an attack
 
     def updates(m, x, y):
         return batch_updates(objective, attack, m, x, y, replay=replay, clean_weight=clean_weight,
@@ -523,9 +526,10 @@ def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_wei
     return row
 
 
-def _on(model: nn.Module, attack: Callable, _wrapped, x, y, **kwargs):
-    """``attack`` on ``model`` itself, not on the DistributedDataParallel wrapper the objective holds."""
-    return attack(model, x, y, **kwargs)
+def _on(model: nn.Module | FoldedBatchNorm, attack: Callable, _wrapped, x, y, **kwargs):
+    """``attack`` on ``model`` itself, not on the DistributedDataParallel wrapper the objective holds, or on the
+    model's :class:`~robustlib.models.FoldedBatchNorm` view, refreshed from its current weights."""
+    return attack(model.refresh() if isinstance(model, FoldedBatchNorm) else model, x, y, **kwargs)
 
 
 def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 2e-4,
@@ -533,7 +537,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         adversary: Adversary | None = None, replay: str | None = None, clean_weight: float = 1.0,
         evaluate: Callable[[nn.Module], dict] | None = None, device: torch.device | str | None = None,
         precision: str = "fp32", run_dir: str | Path | None = None, name: str = "model", meta: dict | None = None,
-        seed: int = 0, resume: bool = True, progress: bool = True, best_metric: str | None = None) -> pd.DataFrame:
+        seed: int = 0, resume: bool = True, progress: bool = True, best_metric: str | None = None,
+        fold_bn: bool = False) -> pd.DataFrame:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch metrics.
 
     Parameters
@@ -554,6 +559,9 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
         ``checkpoints/<name>.best.pt`` (the last and the best can differ by several points).
     device, precision : where and how to compute: ``"fp32"``, or autocast at ``"bf16"`` or ``"fp16"`` (with a
         gradient scaler, saved with the optimiser for resuming); the weights stay float32 either way.
+    fold_bn : the attacks run on a :class:`~robustlib.models.FoldedBatchNorm` view of the model (its eval-mode
+        BatchNorms folded into the convolutions; the same function up to float rounding, faster input gradients);
+        the updates still go through ``model``.
     run_dir, name, meta : with a run directory, writes ``checkpoints/<name>.last.pt`` after every epoch
         (model, optimiser, schedule, metrics), ``metrics/<name>.csv`` and, at the end,
         ``checkpoints/<name>.pt``, each recording ``meta`` (see :func:`check_checkpoint`) and the call
@@ -584,7 +592,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                                   weight_decay=weight_decay, lr_schedule=lr_schedule, milestones=milestones,
                                   replay=replay, clean_weight=clean_weight, precision=precision, seed=seed,
                                   batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-                                  processes=distributed.world())
+                                  processes=distributed.world(), fold_bn=fold_bn)
     last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
     state = _resumable(last_path, model, meta, epochs, fix) if last_path and resume and last_path.exists() else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -599,13 +607,14 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                              f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
                              f"the checkpoint it came from)")
     trained, main = distributed.wrap(model, device), distributed.is_main()
+    folded = FoldedBatchNorm(model) if fold_bn and adversary is not None else None
     # a text bar on stdout: in a notebook saved and reopened it reads as its last line (a widget would not load)
     bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, dynamic_ncols=True, file=sys.stdout,
                mininterval=float(os.environ.get("TQDM_MININTERVAL", 1.0)))     # (run sets 5: few updates under papermill)
     for epoch in bar:
         history.append(_epoch(model, train_loader, opt, sched, objective, adversary, replay=replay,
                               clean_weight=clean_weight, evaluate=evaluate, amp=amp, device=device,
-                              name=name, seed=seed, epoch=epoch, trained=trained))
+                              name=name, seed=seed, epoch=epoch, trained=trained, folded=folded))
         bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k in ("train_loss", "train_acc", "val_acc")})
         if run_dir and main:
             _save_epoch(run_dir, name, model, opt, sched, objective, meta, history, epochs, best_metric, amp)

@@ -2,7 +2,8 @@
 # Issue 14's GPU measurements in one call on a lent GPU machine (see README, "Reproduce the paper on a GPU"):
 #   bench-train      bench/train.py on paper-cifar10's ResNet-50 (width 64), batch 128: images/s of each
 #                    method, fp32 vs bf16 + channels_last, each as a ratio to its floor;
-#   bench-train-512  the same at batch 512 for clean training and the DRA fine-tune;
+#   bench-train-512  the same at batch 512 for clean training, the DRA fine-tune and TRADES, with the fast paths
+#                    off, on without folding the BatchNorms for the attacks, and on (--fast all);
 #   estimate         the estimate for paper-cifar10 and paper-mnist on this GPU;
 #   bench-attacks    bench/attacks.py (DRA vs bare passes, PGD vs torchattacks) on ResNet-50;
 #   smoke            paper-cifar10's notebook sequence in the smoke setting on generated CIFAR-10 files, on CUDA;
@@ -10,10 +11,13 @@
 #                    GPU: stopped in epoch 2, resumed, and the same fine-tune in a plain process (with one
 #                    process distributed.init is a no-op: this checks resuming on CUDA, not NCCL or DDP)
 #                    (needs a digits theta in .gpu/theta.pt, made as tests/test_distributed.py makes it);
+#   passes           bench/passes.py: one ResNet-50's training, input-gradient (as is, weights frozen, BatchNorm
+#                    folded) and forward passes, fp32 against bf16 + channels_last, batch 512 and 128, and the
+#                    profiler's top kernels (not default);
 #   compile          bench/compile.py: torch.compile against eager on ResNet-50, batch 128 and 512 (not default).
 # Run from the repository root: bash scripts/gpu_check.sh OUTDIR [SECONDS] [STEP...]. The steps run in the
 # order above whatever order they are named in; without names: bench-train, bench-train-512, estimate,
-# bench-attacks and smoke (not ddp or compile). Each step has its own time limit and the last one gets what
+# bench-attacks and smoke (not ddp, passes or compile). Each step has its own time limit and the last one gets what
 # is left of SECONDS (default 380), so the whole call ends in time. The default steps need about 800 s on an
 # H100 (the smoke sequence alone about 440 s): give SECONDS accordingly, or name fewer steps. Everything goes to OUTDIR: gpu_check.log (the steps' output) and each
 # step's JSON/CSV, the smoke run as smoke.tar.gz (checkpoints left out).
@@ -28,8 +32,8 @@ BUDGET=${2:-380}
 shift; shift 2>/dev/null
 STEPS=${*:-bench-train bench-train-512 estimate bench-attacks smoke}
 for s in $STEPS; do
-    case $s in bench-train|bench-train-512|estimate|bench-attacks|smoke|ddp|compile) ;;
-        *) echo "gpu_check.sh: unknown step '$s' (SECONDS must come before the steps); steps: bench-train bench-train-512 estimate bench-attacks smoke ddp compile" >&2; exit 2 ;;
+    case $s in bench-train|bench-train-512|estimate|bench-attacks|smoke|ddp|passes|compile) ;;
+        *) echo "gpu_check.sh: unknown step '$s' (SECONDS must come before the steps); steps: bench-train bench-train-512 estimate bench-attacks smoke ddp passes compile" >&2; exit 2 ;;
     esac
 done
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: SECONDS must be a whole number, not '$BUDGET'" >&2; exit 2; }
@@ -57,7 +61,7 @@ if [ -d .whl ]; then
 fi
 step machine 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; $PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.version())'"
 want bench-train && step bench-train 110 $PY bench/train.py --profile paper-cifar10 --device cuda --fast both --batches 2 --rounds 3 --out "$OUT/train.json"
-want bench-train-512 && step bench-train-512 80 $PY bench/train.py --profile paper-cifar10 --device cuda --fast both --batch 512 --batches 2 --rounds 3 --methods clean ours+dra --out "$OUT/train512.json"
+want bench-train-512 && step bench-train-512 180 $PY bench/train.py --profile paper-cifar10 --device cuda --fast all --batch 512 --batches 2 --rounds 3 --methods clean ours+dra trades+pgd --out "$OUT/train512.json"
 want estimate && step estimate-paper-cifar10 100 $PY -m robustlib estimate --profile paper-cifar10 --device cuda --verbose --csv "$OUT/estimate-paper-cifar10.csv"
 want bench-attacks && step bench-attacks 40 $PY bench/attacks.py --model resnet50 --width 64 --batch 128 --steps 10 --device cuda --out "$OUT/attacks.json"
 want estimate && step estimate-paper-mnist 50 $PY -m robustlib estimate --profile paper-mnist --device cuda --csv "$OUT/estimate-paper-mnist.csv"
@@ -68,6 +72,7 @@ if want ddp; then
     step ddp-resumed 60 bash -c "$TR && cat $OUT/ddp-torchrun.json"
     step ddp-plain 60 bash -c "$PY tests/ddp_worker.py .gpu/theta.pt /tmp/ddp/plain $OUT/ddp-plain.json --device cuda && cat $OUT/ddp-plain.json"
 fi
+want passes && step passes 150 $PY bench/passes.py --device cuda --batch 512 128 ${PASSES_ARGS:-} --out "$OUT/passes.json"
 want compile && step compile 240 $PY bench/compile.py --device cuda --batch 128 512 --out "$OUT/compile.json"
 if want smoke; then
     SMOKE=/tmp/gpu-smoke

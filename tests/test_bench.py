@@ -32,3 +32,31 @@ def test_the_attack_benchmark_prints_its_ratio(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((tmp_path / "a.json").read_text())[-1]
     assert result["dra_over_bare"] > 0 and "ratio" in r.stdout
+
+
+def test_folded_batchnorm_passes_are_counted_and_compared(tmp_path):
+    """--fast all on a profile that folds: fp32, the fast paths without folding and with it, three times the
+    same passes (the folded view's are counted through the layer it shares with the model)."""
+    out = tmp_path / "train.json"
+    r = subprocess.run([sys.executable, "bench/train.py", "--profile", "paper-cifar10", "--model", "resnet18",
+                        "--width", "4", "--batch", "8", "--batches", "1", "--rounds", "1", "--fast", "all",
+                        "--methods", "ours+dra", "--device", "cpu", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fast paths with folded BN: epoch speed-up over fp32 ours+dra" in r.stdout
+    rows = [x for x in json.loads(out.read_text())[-1]["results"] if "method" in x]
+    assert [(x["fast"], x["fold_bn"]) for x in rows] == [(False, False), (True, False), (True, True)]
+    assert all(x["made"] == {"grad": 5.0, "train": 2.0} for x in rows), rows
+
+
+def test_the_passes_probe_checks_the_folded_view_and_times_each_pass(tmp_path):
+    out = tmp_path / "passes.json"
+    r = subprocess.run([sys.executable, "bench/passes.py", "--model", "resnet18", "--width", "4", "--batch", "4",
+                        "--rounds", "1", "--device", "cpu", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = float(r.stdout.split("input-gradient rel. error ")[1].split()[0])
+    assert err < 1e-5, r.stdout                               # the folded view: the same function in float32
+    rows = json.loads(out.read_text())[-1]["rows"]
+    assert {(x["precision"], x["batch"]) for x in rows} == {("fp32", 4), ("bf16", 4)}
+    assert all(x[k] > 0 for x in rows for k in ("train_ms", "grad_ms", "grad_frozen_ms", "grad_fused_ms", "fwd_ms"))

@@ -47,3 +47,66 @@ def test_eval_mode_restores_each_submodule():
     with eval_mode(m):
         assert not any(x.training for x in m.modules())
     assert [x.training for x in m.modules()] == before
+
+
+def _with_running_stats(model, shape):
+    """A model whose BatchNorms hold running statistics far from their initial 0 and 1."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(shape) * 3 + 0.5)
+    return model.eval()
+
+
+def test_folded_batchnorm_is_the_same_function_with_the_same_input_gradients():
+    from robustlib.models import FoldedBatchNorm
+    m = _with_running_stats(build_model("resnet18", width=8), (8, 3, 32, 32))
+    folded = FoldedBatchNorm(m)
+    view = folded.refresh()
+    assert len(folded.pairs) == sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 20
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in view.modules())      # every one folded away
+    x = torch.rand(4, 3, 32, 32)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = m(xa), view(xb)
+    assert (ya - yb).abs().max() < 1e-4 * ya.abs().max()
+    ga, = torch.autograd.grad(ya.logsumexp(1).sum(), xa)
+    gb, = torch.autograd.grad(yb.logsumexp(1).sum(), xb)
+    assert (ga - gb).norm() < 1e-4 * ga.norm()
+    assert not any(c.weight.requires_grad or c.bias.requires_grad for _, _, c in folded.pairs)
+
+
+def test_a_folded_view_follows_the_models_updates_after_refresh():
+    from robustlib.models import FoldedBatchNorm
+    m = _with_running_stats(build_model("resnet18", width=8), (8, 3, 32, 32))
+    folded = FoldedBatchNorm(m)
+    x = torch.rand(4, 3, 32, 32)
+    before = folded.refresh()(x).detach()
+    with torch.no_grad():
+        for p in m.parameters():              # an update, and new running statistics
+            p.add_(0.05 * torch.randn_like(p))
+    _with_running_stats(m, (8, 3, 32, 32))
+    stale = folded.view(x).detach()            # the folded convolutions still hold the old weights
+    assert not torch.allclose(stale, m(x), atol=1e-3) and not torch.allclose(before, m(x), atol=1e-3)
+    assert torch.allclose(folded.refresh()(x), m(x), atol=1e-4, rtol=1e-4)
+    assert m.training is False and all(not x.training for x in m.modules())
+
+
+def test_a_model_without_batchnorm_is_its_own_folded_view():
+    from robustlib.models import FoldedBatchNorm
+    m = build_model("digits-cnn", in_channels=1, image_size=8)
+    assert FoldedBatchNorm(m).refresh() is m
+
+
+def test_a_model_that_does_not_trace_is_refused_with_the_fix():
+    from robustlib.models import FoldedBatchNorm
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x      # data-dependent: torch.fx cannot trace it
+    with pytest.raises(RobustlibError, match="turn fold_bn off"):
+        FoldedBatchNorm(Branchy())

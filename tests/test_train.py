@@ -4,7 +4,7 @@ import torch
 
 import robustlib
 from robustlib import RobustlibError
-from robustlib.data import TensorLoader, load_dataset
+from robustlib.data import ImageData, TensorLoader, load_dataset
 from robustlib.evaluate import accuracy, clean_report
 from robustlib.models import build_model
 from robustlib.train import fit, load_checkpoint, pretrain
@@ -105,6 +105,32 @@ def test_bf16_autocast_runs():
         fit(model, loader, epochs=1, lr=0.05, precision="fp8")
 
 
+def test_fold_bn_attacks_a_folded_view_and_trains_as_without_it(tmp_path, monkeypatch):
+    """fit's attacks on the BatchNorm-folded view: the same updates up to float rounding; the run records it,
+    and resuming it without folding is refused."""
+    from robustlib.losses import Adversary
+    from robustlib.models import FoldedBatchNorm
+    refreshed, refresh = [], FoldedBatchNorm.refresh
+    monkeypatch.setattr(FoldedBatchNorm, "refresh", lambda self: refreshed.append(1) or refresh(self))
+    torch.manual_seed(0)
+    data = ImageData("cifar10", "train", torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    init = build_model("resnet18", width=4).state_dict()
+    hist = {}
+    for fold in (False, True):
+        model = build_model("resnet18", width=4)
+        model.load_state_dict(init)
+        loader = TensorLoader(data, batch_size=32, shuffle=True, seed=0)
+        hist[fold] = fit(model, loader, epochs=2, lr=0.05, objective="madry", progress=False, fold_bn=fold,
+                         adversary=Adversary("pgd", eps=4 / 255, steps=3), run_dir=tmp_path, name=f"fold{fold}")
+    a, b = hist[False].train_loss.to_numpy(), hist[True].train_loss.to_numpy()
+    assert abs(a - b).max() < 1e-3 * abs(a).max(), (a, b)
+    assert len(refreshed) == 4                    # once before each batch's attack: 2 epochs of 2 batches
+    model = build_model("resnet18", width=4)
+    with pytest.raises(RobustlibError, match="fold_bn"):
+        fit(model, TensorLoader(data, batch_size=32, shuffle=True, seed=0), epochs=3, lr=0.05, objective="madry",
+            progress=False, adversary=Adversary("pgd", eps=4 / 255, steps=3), run_dir=tmp_path, name="foldTrue")
+
+
 def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
     pretrain(cfg, progress=False)
@@ -145,9 +171,9 @@ def test_a_runs_settings_are_exactly_the_profile_fields_it_read(tmp_path):
     shared = {"dataset", "model", "width", "train_limit", "seed", "val_size", "batch_size", "augment", "ft_epochs",
               "ft_lr", "ft_lr_schedule", "momentum", "weight_decay", "milestones", "main_eps", "at_steps"}
     assert shared <= settings["control"] and not settings["control"] & {"dra_p", "ft_eps_max", "baseline_init"}
-    assert settings["madry"] - settings["control"] == {"baseline_init"}     # PGD's budget is main_eps, at_steps
+    assert settings["madry"] - settings["control"] == {"baseline_init", "fold_bn"}   # PGD: main_eps, at_steps
     assert {"ft_eps_max", "ft_eps_min", "ft_decay", "ft_clean_tail", "ft_replay", "ft_replay_ratio", "dra_p",
-            "dra_steps", "dra_budget"} == settings["ours"] - settings["control"]
+            "dra_steps", "dra_budget", "fold_bn"} == settings["ours"] - settings["control"]
     assert "ft_eps_max" not in settings["madry"] and "lr" not in settings["ours"]   # lr is theta_std's, not Ours'
 
 
