@@ -295,6 +295,10 @@ def setup(
     if not isinstance(profile, str):
         raise RobustlibError(f"profile must be a profile's name such as 'quick', got {profile!r}")
     prof = apply_overrides(get_profile(profile), overrides)
+    try:
+        prof.check_reported()
+    except ValueError as e:
+        raise RobustlibError(str(e)) from None
     if smoke is not None and not isinstance(smoke, bool):
         raise RobustlibError(f"smoke={smoke!r} is invalid: use True, False or None (the {SMOKE_ENV} switch)")
     smoke = smoke_requested() if smoke is None else smoke

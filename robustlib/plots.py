@@ -1,6 +1,7 @@
 """One seaborn theme and the figure helpers the notebooks share. Every figure is saved as SVG and PNG."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -184,28 +185,46 @@ def _differences(ax, rows: list[tuple[float, float, list[tuple[pd.Series, tuple,
 
 
 def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict, title: str, run_dir=None,
-                       name: str, label: str = "method"):
+                       name: str, label: str = "method", group: str | None = None):
     """Each variant (a value of ``label``) minus ``reference``, trained with the same seed, in points: one
     panel per metric (``{column: title}``), each seed's difference as a small dot, their mean as a large one
     with a ±1 sd whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one
-    run. A difference inside the band is one the seeds alone could make."""
-    ref = per_seed[per_seed[label] == reference].set_index("seed")
-    if ref.empty:
-        raise RobustlibError(f"no {label} {reference!r} in the table to draw differences from; pass one of "
-                             f"{', '.join(map(repr, dict.fromkeys(per_seed[label])))}")
-    others = [m for m in dict.fromkeys(per_seed[label]) if m != reference]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 1.8, 1.2 + 0.5 * len(others)),
+    run. A difference inside the band is one the seeds alone could make. With ``group`` (a column), each
+    group's variants are drawn against that group's own reference (Table V: each training method's DRA row
+    against its PGD row)."""
+    groups = [(None, per_seed)] if group is None else [(g, per_seed[per_seed[group] == g])
+                                                        for g in dict.fromkeys(per_seed[group])]
+    rows = []                                 # (tick label, the reference's rows, the variant's rows), by seed
+    for g, sub in groups:
+        ref = sub[sub[label] == reference].set_index("seed")
+        if ref.empty:
+            raise RobustlibError(f"no {label} {reference!r} in the table{'' if g is None else f' for {group} {g!r}'} "
+                                 f"to draw differences from; pass one of {', '.join(map(repr, dict.fromkeys(sub[label])))}")
+        rows += [(m if g is None else f"{g}: {m}", ref, sub[sub[label] == m].set_index("seed"))
+                 for m in dict.fromkeys(sub[label]) if m != reference]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 1.8, 1.2 + 0.5 * len(rows)),
                              sharey=True, squeeze=False)
-    colours = sns.color_palette("colorblind", len(others))
+    colours = sns.color_palette("colorblind", len(rows))
     for ax, (col, heading) in zip(axes[0], metrics.items()):
-        noise = 100 * ref[col].std(ddof=1) if len(ref) > 1 else 0.0
-        _differences(ax, [(i, noise, [(100 * (per_seed[per_seed[label] == m].set_index("seed")[col] - ref[col]),
-                                       colours[i], None)]) for i, m in enumerate(others)])
+        _differences(ax, [(i, 100 * ref[col].std(ddof=1) if len(ref) > 1 else 0.0,
+                           [(100 * (variant[col] - ref[col]), colours[i], None)])
+                          for i, (_, ref, variant) in enumerate(rows)])
         ax.set(title=heading, xlabel="difference from the reference (points)")
-    axes[0, 0].set_yticks(range(len(others)), others)
-    axes[0, 0].set_ylim(len(others) - 0.5, -0.5)
-    fig.suptitle(f"{title}\nreference: {reference}; {_seeds_note(per_seed, reference)}", fontsize=10)
+    axes[0, 0].set_yticks(range(len(rows)), [tick for tick, _, _ in rows])
+    axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)
+    whose = reference if group is None else f"{reference} of each {group}"
+    _subtitle(fig, f"{title}\nreference: {whose}; {_seeds_note(per_seed, whose)}")
     return finish(fig, run_dir, name)
+
+
+def _subtitle(fig, text: str) -> None:
+    """``text`` as the figure's title, each line wrapped to the figure's width (about 13 characters an inch at
+    font size 10), the figure made taller by each line past two: a long subtitle neither runs off the canvas
+    nor makes the saved figure wider and its panels smaller."""
+    width = max(40, int(13 * fig.get_figwidth()))
+    lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, width) or [""]]
+    fig.set_figheight(fig.get_figheight() + 0.17 * max(0, len(lines) - 2))
+    fig.suptitle("\n".join(lines), fontsize=10)
 
 
 def _seeds_note(per_seed: pd.DataFrame, reference: str) -> str:
@@ -213,8 +232,8 @@ def _seeds_note(per_seed: pd.DataFrame, reference: str) -> str:
     n = per_seed["seed"].nunique()
     if n < 2:
         return "1 seed: no spread to show"
-    return (f"{n} seeds: a small dot per seed, a large one for their mean ±1 sd; grey: ±1 sd of {reference}'s own "
-            f"results over the seeds, for scale (the verdicts' intervals are in the reading)")
+    return (f"{n} seeds: small dots per seed, a large one for their mean ±1 sd; grey: ±1 sd of {reference} over "
+            f"the seeds, for scale (the verdicts' intervals are in the reading)")
 
 
 def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, others: list[str], title: str,
@@ -238,5 +257,5 @@ def differences_by_row(per_seed: pd.DataFrame, *, row: str, reference: str, othe
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel=f"accuracy minus {reference}'s (points)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-    fig.suptitle(f"{title}\n{_seeds_note(per_seed, reference)}", fontsize=10)
+    _subtitle(fig, f"{title}\n{_seeds_note(per_seed, reference)}")
     return finish(fig, run_dir, name)

@@ -164,6 +164,15 @@ class Profile:
                 raise ValueError(f"profile field backbones={self.backbones!r} is invalid: expected entries like "
                                  f"'resnet18/8': a model of {', '.join(models)}, optionally /width")
 
+    def check_reported(self) -> None:
+        """A profile a run reports on: its ``main_eps`` is one of its ``eval_eps``, written the same way (the
+        notebooks read main_eps' column of the tables). Not asked of an ablation's variant, whose main_eps is
+        only its training adversary's radius (notebook 04's equal-strength PGD)."""
+        evaluated = [parse_eps(e)[1] for e in self.eval_eps]
+        if parse_eps(self.main_eps)[1] not in evaluated:
+            raise ValueError(f"profile field main_eps={self.main_eps!r} is invalid: expected one of eval_eps "
+                             f"({', '.join(evaluated)}), written the same way; add it to eval_eps or pick one of them")
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 

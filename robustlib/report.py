@@ -55,6 +55,19 @@ class Verdict:
     def __str__(self) -> str:
         return f"{self.claim}: {self.verdict.upper()}\n  rule: {self.rule or '-'}\n  {self.numbers}"
 
+    @property
+    def headline(self) -> str:
+        """``claim: VERDICT``, the first line of :meth:`__str__`."""
+        return f"{self.claim}: {self.verdict.upper()}"
+
+    def markdown(self, *more: str, item: bool = False) -> str:
+        """The verdict as Markdown for a notebook: the headline in bold, its rule, its evidence and the lines
+        ``more`` as items under it; ``item=True`` makes the headline itself an item of a list (a ledger)."""
+        lines = [f"rule: {self.rule or '-'}", self.numbers, *more]
+        if item:
+            return "\n".join([f"- **{self.headline}**", *(f"  - {line}" for line in lines)])
+        return "\n".join([f"**{self.headline}**", "", *(f"- {line}" for line in lines)])
+
 
 class _Missing(Exception):
     """A table, row or column a rule needs is not in the run directory; the message says which."""

@@ -211,7 +211,7 @@ def paper_gaps(beside: pd.DataFrame, key: str = "method") -> str:
     span = "; ".join(f"{c} {diff[c].min():+.1f}" + (f" to {diff[c].max():+.1f}" if diff[c].nunique() > 1 else "")
                      for c in cols if diff[c].notna().any())
     return (f"**Reading.** Measured minus the paper's, in points, over the {len(diff)} row{'s' * (len(diff) > 1)} the "
-            f"paper reports: {span}. The largest difference is {row}'s {col} ({stacked[(row, col)]:+.1f}). The paper's "
+            f"paper reports: {span}. The largest difference is in {col} of {row} ({stacked[(row, col)]:+.1f}). The paper's "
             "numbers are one run of its full setup: where a profile is smaller (the smoke setting, fewer epochs, a "
             "narrower model) these differences measure that distance, not whether the paper's claims hold; the "
             "claims ledger decides those.")

@@ -38,6 +38,9 @@ BAD = [
     ("overrides", {"val_size": -1}, "val_size=-1 is invalid: expected an integer >= 0"),
     ("overrides", {"batch_size": 0}, "batch_size=0 is invalid: expected an integer >= 1"),
     ("overrides", {"ft_eps_min": 10.0}, "ft_eps_min=10.0 is invalid: expected ft_eps_min <= ft_eps_max"),
+    # the notebooks read main_eps' column of the eval_eps tables (it crashed nb03 before it was checked)
+    ("overrides", {"main_eps": "0.15"}, "main_eps='0.15' is invalid: expected one of eval_eps (0.05, 0.1, 0.2)"),
+    ("overrides", {"eval_eps": ["0.05", "0.2"]}, "main_eps='0.1' is invalid: expected one of eval_eps"),
     # a tuple field needs a list, even for one value
     ("overrides", {"trades_betas": 1}, "trades_betas=1 is invalid: expected a non-empty list"),
     ("overrides", {"eval_eps": "0.1"}, "eval_eps='0.1' is invalid"),

@@ -2,7 +2,9 @@
 and its atomic replacement; then every page in a headless chromium (skipped where chromium or playwright is
 missing): it loads without a failed request or a script error, its math is typeset and its images show."""
 import base64
+import contextlib
 import functools
+import html
 import http.server
 import io
 import re
@@ -185,18 +187,38 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-def server(site):
+@contextlib.contextmanager
+def serving(directory: Path):
+    """``directory`` over HTTP on a free local port, quietly; yields its URL."""
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server(site):
+    with serving(site) as url:
+        yield url
+
+
+def watched_page(browser):
+    """A new page, with the lists its failed requests (a network error or a status >= 400) and its script
+    errors are appended to."""
+    page = browser.new_page()
+    failed, errors = [], []
+    page.on("requestfailed", lambda r: r.url.startswith(("http", "file")) and failed.append(r.url))
+    page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.url} {r.status}"))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, failed, errors
 
 
 MATH_DONE = "() => new Promise(done => MathJax.Hub.Queue(() => done(true)))"
@@ -219,11 +241,7 @@ def test_every_page_in_chromium(site, server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable)
         try:
-            page = browser.new_page()
-            failed, errors = [], []
-            page.on("requestfailed", lambda r: r.url.startswith(("http", "file")) and failed.append(r.url))
-            page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.url} {r.status}"))
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page, failed, errors = watched_page(browser)
             for name, (math, display, images) in expect.items():
                 for url in (server + name, (site / name).as_uri()) if name == "index.html" else (server + name,):
                     page.goto(url)
@@ -239,5 +257,50 @@ def test_every_page_in_chromium(site, server):
             page.goto(server + "00_tiny.html")                      # the navigation works
             page.click("nav.book-nav .next a")
             assert page.url.endswith("01_second.html")
+        finally:
+            browser.close()
+
+
+# ------------------------------------------------------------------ the course committed under docs/course
+ROOT = Path(__file__).resolve().parent.parent
+COURSE = ROOT / "docs" / "course" / "quick"
+
+
+def test_the_committed_course_has_each_notebooks_page_and_every_link_resolves():
+    """The example course the README links: a page per notebook of notebooks/ (each with that notebook's title),
+    the index and the report; every local link and image resolves inside it; no cell shows an error."""
+    sources = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+    assert {p.stem for p in COURSE.glob("*.html")} == {*(p.stem for p in sources), "index", "report"}
+    for src in sources:
+        first = next(c.source for c in nbformat.read(src, as_version=4).cells if c.cell_type == "markdown")
+        title = first.splitlines()[0].lstrip("# ").strip()
+        assert html.escape(title, quote=False) in (COURSE / f"{src.stem}.html").read_text(), src.stem
+    for page in COURSE.glob("*.html"):
+        text = page.read_text()
+        for target in local_links(page):
+            assert (COURSE / target).is_file(), (page.name, target)
+        assert "Traceback (most recent call last)" not in text and 'class="ansi-red-fg"' not in text, page.name
+
+
+def test_the_committed_course_in_chromium():
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    pages = sorted(p.name for p in COURSE.glob("*.html"))
+    with serving(COURSE) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable)
+        try:
+            page, failed, errors = watched_page(browser)
+            for name in pages:
+                page.goto(server + name)
+                page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.Hub.Queue", timeout=20000)
+                page.evaluate(MATH_DONE)
+                state = page.evaluate(STATE)
+                assert state["errors"] == 0 and "$$" not in state["text"], name
+                assert "$" not in state["prose"], name
+                assert all(w > 0 for w in state["images"]), (name, state["images"])
+                if name.startswith("0"):
+                    assert state["math"] > 0 and state["images"], name     # every notebook has math and figures
+            assert failed == [] and errors == [], (failed, errors)
         finally:
             browser.close()

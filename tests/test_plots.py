@@ -40,3 +40,20 @@ def test_differences_by_row_pairs_each_model_with_the_reference_on_its_seed(tmp_
     means = [c.lines[0].get_xdata()[0] for c in ax.containers]
     assert means == pytest.approx([6.0, 1.0])                 # fog: (5 + 7) / 2; snow: (0 + 2) / 2 points
     assert [t.get_text() for t in ax.get_yticklabels()] == ["fog", "snow"]
+
+
+def test_grouped_paired_differences_take_each_groups_own_reference(tmp_path):
+    """Table V: each training method's DRA row minus its own PGD row, seed by seed."""
+    rows = [("Madry", "PGD", 0, 0.80), ("Madry", "PGD", 1, 0.82), ("Madry", "DRA", 0, 0.83), ("Madry", "DRA", 1, 0.83),
+            ("Ours", "PGD", 0, 0.90), ("Ours", "PGD", 1, 0.90), ("Ours", "DRA", 0, 0.88), ("Ours", "DRA", 1, 0.90)]
+    per_seed = pd.DataFrame(rows, columns=["training", "adversary", "seed", "natural"])
+    fig = plots.paired_differences(per_seed, reference="PGD", label="adversary", group="training",
+                                   metrics={"natural": "natural"}, title="Table V " + "long words " * 30, name="v")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Madry: DRA", "Ours: DRA"]
+    assert [c.lines[0].get_xdata()[0] for c in ax.containers] == pytest.approx([2.0, -1.0])   # (3 + 1)/2, (-2 + 0)/2
+    width = 13 * fig.get_figwidth()
+    assert all(len(line) <= width for line in fig._suptitle.get_text().splitlines())   # wrapped to the figure
+    with pytest.raises(plots.RobustlibError, match="no adversary 'FGSM' in the table for training 'Madry'"):
+        plots.paired_differences(per_seed, reference="FGSM", label="adversary", group="training",
+                                 metrics={"natural": "natural"}, title="t", name="v")

@@ -342,3 +342,15 @@ def test_a_profiles_expected_gaps_pass_fail_and_name_what_is_wrong():
     assert "smoke" in report.check_expected_gaps(table.iloc[:0], dataclasses.replace(p, smoke=True))
     with pytest.raises(ValueError, match="expected_gaps"):
         dataclasses.replace(p, expected_gaps=("Ours beats Vanilla",))
+
+
+def test_a_verdict_renders_as_markdown_with_its_rule_and_evidence_as_items():
+    from robustlib.report import Verdict
+    v = Verdict("Ours keeps accuracy", "holds", "Ours - Control: +0.3 [-0.1, +0.7]", "03_methods.csv",
+                "natural within 0.5 points")
+    assert v.headline == "Ours keeps accuracy: HOLDS" == str(v).splitlines()[0]
+    assert v.markdown("one more line").splitlines() == [
+        "**Ours keeps accuracy: HOLDS**", "", "- rule: natural within 0.5 points",
+        "- Ours - Control: +0.3 [-0.1, +0.7]", "- one more line"]
+    assert v.markdown(item=True).splitlines() == [
+        "- **Ours keeps accuracy: HOLDS**", "  - rule: natural within 0.5 points", "  - Ours - Control: +0.3 [-0.1, +0.7]"]

@@ -94,7 +94,7 @@ def test_paper_gaps_reads_each_column_against_the_paper():
     ours = paper.TABLE_III.copy()
     ours.loc[ours.method == "Ours", "pgd@8/255"] -= 0.05             # 5 points below the paper on one cell
     text = verdicts.paper_gaps(ours.merge(ref, on="method"))
-    assert "over the 4 rows" in text and "Ours's pgd@8/255 (-5.0)" in text
+    assert "over the 4 rows" in text and "in pgd@8/255 of Ours (-5.0)" in text
     assert "natural +0.0" in text and "pgd@8/255 -5.0 to +0.0" in text
     none = ours.assign(**{f"paper {c}": float("nan") for c in ("natural", "pgd@2/255", "pgd@5/255", "pgd@8/255")})
     assert "None of these rows" in verdicts.paper_gaps(none[[*ours.columns, *[c for c in none.columns if c.startswith("paper")]]])
