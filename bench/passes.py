@@ -4,7 +4,7 @@ probe times one model's passes apart, in fp32 and in bf16 + channels_last:
 
     train        a training pass (train mode, gradients to the weights), as clean training makes;
     grad         an input-gradient pass (eval mode) with the weights still requiring grad, as bench/train.py times it;
-    grad frozen  the same with the weights frozen (requires_grad False), as robustlib's attacks run it;
+    grad frozen  the same with the weights frozen (requires_grad False; robustlib's attacks leave them as they are);
     grad fused   the same on a copy whose eval-mode BatchNorms are folded into the convolutions before them
                  (robustlib.models.FoldedBatchNorm, as the fine-tune's attacks run with fold_bn): the same function up to rounding, fewer kernels;
     fwd          an eval-mode forward without gradients (the clean evaluation).
@@ -31,13 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import interleaved_medians, save_entry          # noqa: E402
 from robustlib.config import resolve_device                    # noqa: E402
 from robustlib.models import FoldedBatchNorm, build_model      # noqa: E402
-
-
-def fused_copy(net):
-    """robustlib's view of ``net`` with each BatchNorm folded into the convolution before it (None if there is
-    nothing to fold)."""
-    folded = FoldedBatchNorm(net)
-    return folded.refresh() if folded.pairs else None
 
 
 def contenders(net, fused, x, y, dtype, device):
@@ -114,9 +107,15 @@ def main() -> None:
         net = build_model(args.model, width=args.width, image_size=args.image_size).to(device)
         if fast:
             net = net.to(memory_format=torch.channels_last)
-        fused = fused_copy(net)
+        folder = FoldedBatchNorm(net)          # robustlib's view with the BatchNorms folded (None: nothing to fold)
+        fused = folder.view if folder.pairs else None
         if fused is not None and not fast:     # the same function: input gradients agree up to rounding
             torch.backends.cudnn.allow_tf32 = False        # (TF32 convolutions on CUDA would round at 1e-3)
+            with torch.no_grad():                          # BatchNorms far from identity, so the check means something
+                for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                    bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+                    bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+            folder.refresh()
             xc = torch.rand(8, 3, args.image_size, args.image_size, device=device)
             yc = torch.randint(0, 10, (8,), device=device)
             g = [torch.autograd.grad(F.cross_entropy(m.eval()(xi), yc), xi)[0]

@@ -156,7 +156,7 @@ def bench(p, device, fast: bool, kinds, *, batch: int, batches: int, rounds: int
         floor = sum(n * unit[k] for k, n in must.items())                  # seconds per batch
         per_batch = (epoch[kind, 2 * batches] - epoch[kind, batches]) / batches
         rows.append({"method": kind, "fast": fast, "precision": precision, "channels_last": plan["channels_last"],
-                     "fold_bn": plan["fold_bn"] and kind != "clean",
+                     "fold_bn": plan["fold_bn"] and kind != "clean", "call_folds": plan["fold_bn"],
                      "images_per_s": batch / per_batch, "batch_s": per_batch, "floor_s": floor,
                      "per_call_s": epoch[kind, batches] - batches * per_batch,
                      "ratio": per_batch / floor, "target": TARGET.get(kind, DEFAULT_TARGET),
@@ -213,7 +213,7 @@ def main() -> None:
               f"{1000 * r['per_call_s']:6.0f} ms  {_passes(r['must']):<24} {_passes(r['made'])}{ok}")
     off = {r["method"]: r for r in results if "method" in r and not r["fast"]}
     for folding in (False, True):
-        on = {r["method"]: r for r in results if "method" in r and r["fast"] and r["fold_bn"] == folding}
+        on = {r["method"]: r for r in results if "method" in r and r["fast"] and r["call_folds"] == folding}
         if off and on and (not folding or any(r["fold_bn"] for r in on.values())):
             print(f"\nfast paths{' with folded BN' if folding else ''}: epoch speed-up over fp32 " + ", ".join(
                 f"{m} {off[m]['batch_s'] / on[m]['batch_s']:.2f}x" for m in args.methods if m in on))

@@ -159,8 +159,9 @@ def _near(x: torch.Tensor) -> torch.Tensor:
 
 def trades(model: nn.Module, x, y, *, attack, beta: float):
     """Eq. (6) with β = 1/λ: CE(f(x), y) + β · KL(f(x) || f(x')), as in TRADES' reference ``trades_loss``."""
-    with torch.no_grad(), eval_mode(model):
-        p_clean = F.softmax(model(x), 1)
+    target = attack.target(model) if hasattr(attack, "target") else model   # the module the attack runs on
+    with torch.no_grad(), eval_mode(target):
+        p_clean = F.softmax(target(x), 1)     # (the KL starts at 0 on the very function the attack ascends)
     x_adv = attack(model, x, y, loss_fn=_kl_to(p_clean), x_init=_near(x))
     logits = model(x)
     loss = F.cross_entropy(logits, y)

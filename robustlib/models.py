@@ -222,14 +222,15 @@ class FoldedBatchNorm:
     """An attack's view of ``model`` with every eval-mode BatchNorm folded into the convolution before it.
 
     In eval mode a BatchNorm is an affine map per channel, so ``conv -> bn`` is one convolution with a bias:
-    the same function up to float rounding, two kernels fewer per block forward and backward. An attack's
+    the same function up to float rounding, without the BatchNorm kernels forward and backward. An attack's
     passes are eval-mode input gradients, where PyTorch's BatchNorm backward in bf16 + channels_last is a slow
     generic kernel: on an H100 (ResNet-50, batch 512) folding made that pass 1.9x faster (bench/passes.py).
 
     The view is a ``torch.fx`` trace of ``model`` that shares every module but the folded convolutions with it;
     :meth:`refresh` recomputes those from ``model``'s current weights and running statistics (call it after each
     update, as :func:`~robustlib.train.fit` does before each attack) and returns the view. Its folded weights
-    do not require grad: it is for input gradients only. A model with nothing to fold is its own view.
+    do not require grad: it is for input gradients only. A model with nothing to fold is its own view. The view
+    is fixed to the model's device and to Python values read at trace time: build it after moving the model.
 
     >>> m = build_model("resnet18", width=8).eval()
     >>> view = FoldedBatchNorm(m).refresh()
@@ -262,7 +263,10 @@ class FoldedBatchNorm:
             folded = folded.to(device=c.weight.device, dtype=c.weight.dtype).requires_grad_(False)
             if c.weight.is_contiguous(memory_format=torch.channels_last) and not c.weight.is_contiguous():
                 folded = folded.to(memory_format=torch.channels_last)
-            name = conv.target.replace(".", "_") + "_folded"
+            name = f"folded_{len(self.pairs)}"           # one per call site, never an existing name
+            if hasattr(gm, name):
+                raise RobustlibError(f"cannot fold the BatchNorms of {type(model).__name__}: it has a submodule "
+                                     f"named {name!r} already; turn fold_bn off for this model")
             gm.add_submodule(name, folded)
             conv.target = name
             node.replace_all_uses_with(conv)
@@ -275,6 +279,7 @@ class FoldedBatchNorm:
             self.view = gm
         else:
             self.view = model
+        self.refresh()
 
     @torch.no_grad()
     def refresh(self) -> nn.Module:

@@ -504,7 +504,10 @@ def _epoch(model, loader, opt, sched, objective, adversary, *, replay, clean_wei
         loader.set_epoch(epoch)
     attack = adversary.at(epoch) if adversary is not None else None
     if attack is not None and (folded is not None or trained is not None and trained is not model):
-        attack = functools.partial(_on, folded or model, attack)     # no gradient sync inside an attack
+        target = folded or model
+        attack = functools.partial(_on, target, attack)     # no gradient sync inside an attack
+        # the module the attack runs on, for an objective whose attack needs the clean prediction (TRADES)
+        attack.target = lambda _wrapped: target.refresh() if isinstance(target, FoldedBatchNorm) else target
 
     def updates(m, x, y):
         return batch_updates(objective, attack, m, x, y, replay=replay, clean_weight=clean_weight,
@@ -592,7 +595,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                                   weight_decay=weight_decay, lr_schedule=lr_schedule, milestones=milestones,
                                   replay=replay, clean_weight=clean_weight, precision=precision, seed=seed,
                                   batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-                                  processes=distributed.world(), fold_bn=fold_bn)
+                                  processes=distributed.world(), fold_bn=fold_bn and adversary is not None)
     last_path = Path(run_dir) / "checkpoints" / f"{name}.last.pt" if run_dir else None
     state = _resumable(last_path, model, meta, epochs, fix) if last_path and resume and last_path.exists() else None
     device = torch.device(device) if device is not None else next(model.parameters()).device

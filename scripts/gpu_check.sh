@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14's GPU measurements in one call on a lent GPU machine (see README, "Reproduce the paper on a GPU"):
 #   bench-train      bench/train.py on paper-cifar10's ResNet-50 (width 64), batch 128: images/s of each
-#                    method, fp32 vs bf16 + channels_last, each as a ratio to its floor;
+#                    method, fp32 vs bf16 + channels_last, each as a ratio to its floor (the fast side folds the
+#                    BatchNorms for the attacks since fold_bn: not comparable with runs before it);
 #   bench-train-512  the same at batch 512 for clean training, the DRA fine-tune and TRADES, with the fast paths
 #                    off, on without folding the BatchNorms for the attacks, and on (--fast all);
 #   estimate         the estimate for paper-cifar10 and paper-mnist on this GPU;

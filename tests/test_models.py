@@ -110,3 +110,24 @@ def test_a_model_that_does_not_trace_is_refused_with_the_fix():
             return self.bn(self.conv(x)) if x.sum() > 0 else x      # data-dependent: torch.fx cannot trace it
     with pytest.raises(RobustlibError, match="turn fold_bn off"):
         FoldedBatchNorm(Branchy())
+
+
+def test_folding_handles_a_biased_conv_a_non_affine_batchnorm_channels_last_and_bf16():
+    from robustlib.models import FoldedBatchNorm
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=True), torch.nn.BatchNorm2d(8, affine=False),
+                            torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8),
+                            torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    m = _with_running_stats(m, (8, 3, 10, 10)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        m[4].weight.uniform_(0.5, 1.5), m[4].bias.uniform_(-0.5, 0.5)
+    keys = list(m.state_dict())
+    folded = FoldedBatchNorm(m)
+    assert len(folded.pairs) == 2
+    x = torch.rand(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(folded.view(x), m(x), atol=1e-5)          # refreshed when built
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = folded.view(x).float(), m(x).float()
+    assert torch.allclose(a, b, atol=5e-2 * float(b.abs().max()))
+    assert list(m.state_dict()) == keys                                   # the model keeps its own modules
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 2
