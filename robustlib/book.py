@@ -16,6 +16,7 @@ PosixPath('.../runs/quick/book/index.html')
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib.util
 import json
@@ -145,6 +146,15 @@ def _split_intro(source: str) -> tuple[str | None, str]:
     return None, ""
 
 
+def code_digest(notebook: dict) -> str:
+    """A fingerprint of a notebook's code: its code cells' sources, less the cell papermill injects with a run's
+    parameters. An executed notebook and the source it ran from share it, so a site records which sources it
+    shows (a committed example course can be checked against ``notebooks/``)."""
+    code = ["".join(c.get("source", "")) for c in notebook.get("cells", []) if c.get("cell_type") == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return hashlib.sha1(json.dumps(code).encode()).hexdigest()[:16]
+
+
 def _notebook_page(path: Path, timings: dict) -> Page:
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
@@ -185,9 +195,9 @@ def _nav(pages: list[Page], i: int) -> str:
 
 def _shown(run_dir: Path) -> Path:
     """``run_dir`` relative to the checkout where it is inside it (what a committed site may show)."""
-    from .config import repo_root
+    from .config import shown_path
 
-    return run_dir.relative_to(repo_root()) if run_dir.is_relative_to(repo_root()) else run_dir
+    return shown_path(run_dir)
 
 
 def _index_markdown(run_dir: Path, pages: list[Page], report: Page) -> str:
@@ -350,8 +360,9 @@ def _write_site(run_dir: Path, site: Path) -> list[tuple[str, str]]:
             else:
                 missing.append((page.name, target))
         (site / page.name).write_text(body, encoding="utf-8")
-    (site / MARKER).write_text(json.dumps({"run_dir": str(_shown(run_dir)), "pages": [p.name for p in pages]}, indent=2)
-                               + "\n", encoding="utf-8")
+    sources = {p.name: code_digest(json.loads(p.source.read_text(encoding="utf-8"))) for p in chapters}
+    (site / MARKER).write_text(json.dumps({"run_dir": str(_shown(run_dir)), "pages": [p.name for p in pages],
+                                           "code": sources}, indent=2) + "\n", encoding="utf-8")
     return missing
 
 

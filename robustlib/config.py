@@ -134,6 +134,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise RobustlibError(f"device {device!r} is not supported by robustlib; use auto, cpu, cuda or cuda:N")
 
 
+def shown_path(path) -> Path:
+    """``path`` relative to the checkout (:func:`repo_root`) where it is inside it, else as it is."""
+    path, root = Path(path), repo_root()
+    return path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path
+
+
 def repo_root() -> Path:
     """The checkout this code runs from (the folder holding ``robustlib/`` and ``notebooks/``), else the cwd."""
     here = Path(__file__).resolve().parent.parent
@@ -206,6 +212,11 @@ class RunConfig:
         """A path inside the run directory, e.g. ``cfg.path("checkpoints", "vanilla.pt")``."""
         return self.run_dir.joinpath(*parts)
 
+    def shown(self, *parts: str) -> Path:
+        """:meth:`path` as a reader should see it: relative to the checkout when inside it (``runs/quick/...``),
+        so that an executed notebook reads the same on every machine; absolute elsewhere."""
+        return shown_path(self.path(*parts))
+
     def __str__(self) -> str:
         """The settings a reader needs, in a few lines (every field: ``cfg.profile``; ``cfg.describe()``)."""
         p, info = self.profile, DATASETS[self.profile.dataset]
@@ -245,7 +256,7 @@ class RunConfig:
             f"checkpoints are chosen at {p.main_eps}",
             f"seeds      {', '.join(map(str, p.seeds))}; ablations {', '.join(map(str, p.ablation_seeds))}",
             f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else ""),
-            f"run_dir    {self.run_dir} (data: {self.data_root})",
+            f"run_dir    {shown_path(self.run_dir)} (data: {shown_path(self.data_root)})",
         ]
         if self.overrides:
             lines.append(f"overrides  {self.overrides}")

@@ -258,7 +258,8 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
 
 def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps_list, data=None,
                retrain: bool = False, progress: bool = False, probe_eps=None, probe_n: int = 0,
-               probe_steps: int = masking.LONG_STEPS, probe_restarts: int = masking.RESTARTS) -> pd.DataFrame:
+               probe_steps: int = masking.LONG_STEPS, probe_restarts: int = masking.RESTARTS,
+               heldout: tuple | None = None, heldout_eps=None) -> pd.DataFrame:
     """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`.
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
@@ -268,8 +269,12 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
     gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``
-    restarts (:func:`robustlib.masking.add_probes`).
+    restarts (:func:`robustlib.masking.add_probes`). With ``heldout=(x, y)`` every row also carries
+    ``heldout natural`` and ``heldout pgd@<heldout_eps>`` (the paper protocol on those images): what a choice
+    among the rows is made on (:func:`robustlib.frontier.select`), never the test images.
     """
+    if heldout is not None and heldout_eps is None:
+        raise RobustlibError("train_grid(heldout=...) needs heldout_eps, the radius the held-out PGD column is at")
     out, retrained = [], set()
     for seed in seeds:
         for row in rows:
@@ -285,6 +290,11 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             if probe_n and seed == seeds[0]:
                 table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,
                                            steps=probe_steps, restarts=probe_restarts)
+            if heldout is not None:
+                h = evaluate_table({name: res["model"]}, *heldout, eps_list=[heldout_eps], protocols=("paper",),
+                                   seed=seed)
+                table = table.assign(**{f"heldout {c}": h[c].iloc[0] for c in h.columns
+                                        if c == "natural" or c.startswith("pgd@")})
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
 
@@ -297,6 +307,9 @@ def heldout(cfg: RunConfig, train: ImageData) -> ImageData:
         raise RobustlibError(f"profile {cfg.profile.name!r} holds out no images (val_size=0): a calibration or a "
                              "selection needs them; set val_size in the overrides")
     return images
+
+
+CALIBRATION_GAP = 0.03   # an equal-strength pair: PGD's robust accuracy within 3 points of DRA's (notebooks 01, 04)
 
 
 def calibrate(cfg: RunConfig, model: nn.Module, train, *, dra_eps: float | None = None) -> dict:

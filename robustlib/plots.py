@@ -149,6 +149,40 @@ def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, 
     return finish(fig, run_dir, name)
 
 
+def frontier(per_seed: pd.DataFrame, *, robust: str, title: str, run_dir=None, name: str, margin: float = 0.005,
+             markers=("Control", "Vanilla")):
+    """The accuracy–robustness frontier: natural accuracy (y) against ``robust`` (x), in percent, one curve per
+    method (``family``) through its knob values (``value``, in the order of the knob), each point the mean over
+    seeds with ±1 sd whiskers and its knob value written beside it; the ``markers`` families (the control,
+    the vanilla model) as single stars; a dashed line ``margin`` below the control's clean accuracy, the floor
+    of the frontier verdict (:mod:`robustlib.frontier`)."""
+    fig, ax = plt.subplots(figsize=(8.6, 5.0))
+    families = [f for f in dict.fromkeys(per_seed["family"]) if f not in markers]
+    colours = dict(zip(families, sns.color_palette("colorblind", len(families))))
+    for family in families:
+        pts = per_seed[per_seed["family"] == family].groupby("value", sort=True)[["natural", robust]]
+        mean, sd = 100 * pts.mean(), 100 * pts.std(ddof=1).fillna(0.0)
+        ax.errorbar(mean[robust], mean["natural"], xerr=sd[robust], yerr=sd["natural"], fmt="-o", ms=5, lw=1.4,
+                    capsize=2, color=colours[family], label=family)
+        knob = per_seed.loc[per_seed["family"] == family, "knob"].iloc[0] if "knob" in per_seed else ""
+        for value, row in mean.iterrows():
+            ax.annotate(f"{value:g}", (row[robust], row["natural"]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=7, color=colours[family])
+        if knob:
+            ax.plot([], [], " ", label=f"  (points: {knob})")
+    for k, family in enumerate(f for f in markers if f in set(per_seed["family"])):
+        m = 100 * per_seed[per_seed["family"] == family][["natural", robust]].mean()
+        ax.scatter(m[robust], m["natural"], marker="*" if k == 0 else "X", s=180, color="0.15" if k == 0 else "0.5",
+                   zorder=4, label=family)
+        if family == markers[0]:
+            ax.axhline(m["natural"] - 100 * margin, ls="--", lw=1, color="0.4",
+                       label=f"{family} − {100 * margin:g} point")
+    ax.set(title=title, xlabel=f"robust accuracy, {robust} (%)", ylabel="natural accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    return finish(fig, run_dir, name)
+
+
 def bar_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str,
              run_dir=None, name: str, percent: bool = True, rotate: bool = False):
     """Grouped bars of a tidy DataFrame; several rows per bar (seeds) give the mean and a ±1 sd whisker."""
@@ -185,7 +219,8 @@ def _differences(ax, rows: list[tuple[float, float, list[tuple[pd.Series, tuple,
 
 
 def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict, title: str, run_dir=None,
-                       name: str, label: str = "method", group: str | None = None):
+                       name: str, label: str = "method", group: str | None = None,
+                       xlabel: str = "difference from the reference (points)"):
     """Each variant (a value of ``label``) minus ``reference``, trained with the same seed, in points: one
     panel per metric (``{column: title}``), each seed's difference as a small dot, their mean as a large one
     with a ±1 sd whisker; the grey band is ±1 sd of the reference itself over the seeds, the seed noise of one
@@ -209,7 +244,7 @@ def paired_differences(per_seed: pd.DataFrame, *, reference: str, metrics: dict,
         _differences(ax, [(i, 100 * ref[col].std(ddof=1) if len(ref) > 1 else 0.0,
                            [(100 * (variant[col] - ref[col]), colours[i], None)])
                           for i, (_, ref, variant) in enumerate(rows)])
-        ax.set(title=heading, xlabel="difference from the reference (points)")
+        ax.set(title=heading, xlabel=xlabel)
     axes[0, 0].set_yticks(range(len(rows)), [tick for tick, _, _ in rows])
     axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)
     whose = reference if group is None else f"{reference} of each {group}"

@@ -134,6 +134,10 @@ class Profile:
     # notebook 04, the ablations
     backbones: tuple[str, ...] = ()   # Table IV: "model" or "model/width", smallest first ("resnet18/8")
     ablation_seeds: tuple[int, ...] = (0,)
+    # the accuracy-robustness frontier (robustlib.frontier): each method's knob values, from the same theta_std
+    frontier_trades_betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)   # TRADES' 1/λ
+    frontier_eps_scales: tuple[float, ...] = (0.25, 0.5, 1.0)         # Madry's and MART's training ε / main_eps
+    frontier_dra_scales: tuple[float, ...] = (0.5, 1.0, 2.0)          # the fine-tune's DRA budgets (max and min) x
     smoke: bool = False
 
     def __post_init__(self):
@@ -188,6 +192,9 @@ class Profile:
             ft_epochs=2,
             seeds=self.seeds[:1],
             ablation_seeds=self.ablation_seeds[:1],
+            frontier_trades_betas=self.frontier_trades_betas[:2],
+            frontier_eps_scales=self.frontier_eps_scales[-2:],
+            frontier_dra_scales=self.frontier_dra_scales[:2],
             backbones=tuple(_narrow(b) for b in self.backbones[:2]),
             autoattack_limit=min(self.autoattack_limit, 8),
             width=min(self.width, 4) if self.width else self.width,     # ResNet-50 at width 4: seconds per epoch
@@ -305,6 +312,9 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "backbones": (_each(re.compile(r"[^/\s]+(/[1-9][0-9]*)?").fullmatch, non_empty=False),
                   "a list of entries like 'resnet18/8': a model, optionally /width (an integer >= 1)"),
     "ablation_seeds": (_each(_ge(0)), "a non-empty list of integers >= 0, e.g. [0, 1, 2]"),
+    "frontier_trades_betas": (_each(_gt(0)), "a non-empty list of finite floats > 0, e.g. [0.1, 1.0]"),
+    "frontier_eps_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times main_eps), e.g. [0.5, 1.0]"),
+    "frontier_dra_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times the DRA budgets), e.g. [1.0, 2.0]"),
     "smoke": (_anything, "true or false"),
 }
 

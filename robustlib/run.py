@@ -141,8 +141,11 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
             if estimate and not smoke:
                 _print_estimate(cfg, books, profile=profile, device=device, overrides=overrides)
             # the kernels inherit these (the config cell honours them); this process gets its own back after
-            # (LOCK_ENV: the kernels are this run's, so their setup may proceed)
-            with _environment({SMOKE_ENV: "1" if smoke else "0", NPROC_ENV: str(cfg.nproc), LOCK_ENV: str(os.getpid())}):
+            # (LOCK_ENV: the kernels are this run's, so their setup may proceed; PYTHONPATH: they import this
+            # robustlib, not another checkout's that an editable install points at)
+            package_root = str(Path(__file__).resolve().parent.parent)
+            with _environment({SMOKE_ENV: "1" if smoke else "0", NPROC_ENV: str(cfg.nproc), LOCK_ENV: str(os.getpid()),
+                               "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}):
                 _run_books(cfg, books, completed, profile=profile, device=device, overrides=overrides, smoke=smoke,
                            retrain=retrain, log_output=log_output, sockets=sockets)
     except KeyboardInterrupt:

@@ -189,6 +189,8 @@ def test_timings_are_merged_and_partial_notebooks_are_per_process(run_dir, fake_
         (run_dir / "timings.json").write_text(json.dumps({**t, "02_pretraining": {"seconds": 2.0}}))
 
     fake_papermill.hooks["01_dra_algorithm"] = other_writer
+    seen = []            # the kernels import this checkout's robustlib, whatever an editable install points at
+    fake_papermill.hooks["00_problem_formulation"] = lambda: seen.append(os.environ["PYTHONPATH"].split(os.pathsep)[0])
     run_sequence("quick", device="cpu", run_dir=str(run_dir), only=["00", "01"], smoke=True)
     timings = json.loads((run_dir / "timings.json").read_text())
     assert set(timings) == {"00_problem_formulation", "01_dra_algorithm", "02_pretraining"}
@@ -201,6 +203,8 @@ def test_timings_are_merged_and_partial_notebooks_are_per_process(run_dir, fake_
     ip = fake_papermill.calls[0][2]["config"].KernelManager.ip
     assert Path(ip).is_absolute() and not Path(ip).parent.exists()
     assert fake_papermill.calls[0][2]["cwd"] == str(ROOT / "notebooks")
+    assert seen == [str(ROOT)] and os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(ROOT) or \
+        seen == [str(ROOT)]
 
 
 def test_stale_temporaries_are_removed_under_the_lock(run_dir, fake_papermill, capsys):

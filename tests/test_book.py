@@ -7,6 +7,7 @@ import functools
 import html
 import http.server
 import io
+import json
 import re
 import shutil
 import threading
@@ -233,9 +234,8 @@ STATE = """() => ({
 
 
 def test_every_page_in_chromium(site, server):
+    executable = chromium()                     # skips first where chromium or playwright is missing
     from playwright.sync_api import sync_playwright
-
-    executable = chromium()
     expect = {"index.html": (5, 0, 0), "00_tiny.html": (3, 1, 1), "01_second.html": (4, 1, 0),
               "report.html": (1, 0, 1)}      # (math at least, display math at least, images)
     with sync_playwright() as p:
@@ -275,6 +275,12 @@ def test_the_committed_course_has_each_notebooks_page_and_every_link_resolves():
         first = next(c.source for c in nbformat.read(src, as_version=4).cells if c.cell_type == "markdown")
         title = first.splitlines()[0].lstrip("# ").strip()
         assert html.escape(title, quote=False) in (COURSE / f"{src.stem}.html").read_text(), src.stem
+    # made from today's notebooks: each page's code is its source's (regenerate the course after changing one)
+    code = json.loads((COURSE / book.MARKER).read_text())["code"]
+    for src in sources:
+        assert code.get(f"{src.stem}.html") == book.code_digest(json.loads(src.read_text())), (
+            f"docs/course/quick/{src.stem}.html shows other code than notebooks/{src.name}: run make run, then "
+            "make book OUT=docs/course/quick")
     for page in COURSE.glob("*.html"):
         text = page.read_text()
         for target in local_links(page):
@@ -283,9 +289,8 @@ def test_the_committed_course_has_each_notebooks_page_and_every_link_resolves():
 
 
 def test_the_committed_course_in_chromium():
+    executable = chromium()                     # skips first where chromium or playwright is missing
     from playwright.sync_api import sync_playwright
-
-    executable = chromium()
     pages = sorted(p.name for p in COURSE.glob("*.html"))
     with serving(COURSE) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable)

@@ -1,0 +1,92 @@
+"""The frontier (issue 16): the sweep's runs, the knob chosen on the held-out split only, the verdict on the test
+images paired by seed."""
+import math
+
+import pandas as pd
+import pytest
+
+import robustlib
+from robustlib import frontier, verdicts
+from robustlib.io import RobustlibError
+
+ROB = "pgd@0.1"
+
+
+def table(rows):
+    """A frontier table as train_grid returns it: (family, value, seed, test natural, test robust, held-out
+    natural, held-out robust), 360 test images."""
+    df = pd.DataFrame(rows, columns=["family", "value", "seed", "natural", ROB, "heldout natural", "heldout " + ROB])
+    return df.assign(method=df["family"] + " " + df["value"].astype(str), images=360)
+
+
+CONTROL = [("Control", math.nan, s, 0.95, 0.10, 0.94, 0.12) for s in (0, 1, 2)]
+
+
+def test_the_knob_is_chosen_on_the_held_out_columns_never_the_test_ones():
+    rows = CONTROL + [
+        # TRADES 1/λ = 1 is the most robust on the test images but loses held-out accuracy: not eligible
+        *[("TRADES", 1.0, s, 0.90, 0.70, 0.90, 0.60) for s in (0, 1, 2)],
+        # 1/λ = 0.1 keeps the held-out accuracy (0.936 >= 0.94 - 0.005) and is chosen
+        *[("TRADES", 0.1, s, 0.95, 0.40 + 0.01 * s, 0.936, 0.45) for s in (0, 1, 2)],
+        # Ours: two eligible values; the more robust on the held-out split wins even if worse on the test
+        *[("Ours", 4.0, s, 0.95, 0.30, 0.94, 0.50) for s in (0, 1, 2)],
+        *[("Ours", 8.0, s, 0.95, 0.20, 0.95, 0.55) for s in (0, 1, 2)],
+    ]
+    chosen = frontier.select(table(rows), ROB)
+    picked = chosen.set_index(["method", "seed"])["value"]
+    assert (picked.loc["TRADES"] == 0.1).all() and (picked.loc["Ours"] == 8.0).all()
+    assert (chosen[chosen.method == "Control"]["natural"] == 0.95).all()
+    v = frontier.verdict(chosen, ROB)
+    assert v["best"] == "TRADES" and v["missing"] == []
+    c = v["against"]["Ours"]
+    assert c.diff == pytest.approx(0.21) and c.verdict == verdicts.HOLDS     # 0.41 - 0.20, paired by seed
+    assert v["kept"]["Ours"].diff == pytest.approx(0.0) and v["kept"]["Ours"].margin == verdicts.NOT_LOWER
+
+
+def test_a_method_that_never_keeps_the_accuracy_is_missing_not_extrapolated():
+    rows = CONTROL + [*[("Madry", 0.1, s, 0.80, 0.60, 0.80, 0.60) for s in (0, 1, 2)],
+                      *[("Ours", 4.0, s, 0.95, 0.30, 0.94, 0.50) for s in (0, 1, 2)]]
+    chosen = frontier.select(table(rows), ROB)
+    assert chosen[chosen.method == "Madry"]["value"].isna().all()
+    v = frontier.verdict(chosen, ROB)
+    assert v["best"] == "Ours" and v["missing"] == ["Madry"] and v["against"] == {}
+
+
+def test_bad_tables_are_one_line_errors():
+    with pytest.raises(RobustlibError, match="lacks heldout natural"):
+        frontier.select(table(CONTROL).drop(columns="heldout natural"), ROB)
+    with pytest.raises(RobustlibError, match="no Control rows"):
+        frontier.select(table([("Ours", 4.0, 0, 0.95, 0.3, 0.94, 0.5)]), ROB)
+    with pytest.raises(RobustlibError, match="no method has a run that kept"):
+        frontier.verdict(frontier.select(table(CONTROL + [("Ours", 4.0, 0, 0.5, 0.3, 0.5, 0.5)]), ROB), ROB)
+
+
+def test_the_sweep_lists_each_methods_knob_and_reuses_the_profiles_own_runs(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False)
+    rows = frontier.sweep(cfg)
+    by = pd.DataFrame([{k: v for k, v in r.items() if k != "cfg"} for r in rows])
+    assert by["family"].tolist().count("TRADES") == len(cfg.profile.frontier_trades_betas)
+    assert sorted(by.loc[by.family == "Madry", "value"]) == pytest.approx([0.025, 0.05, 0.1])
+    assert sorted(by.loc[by.family == "Ours", "value"]) == pytest.approx([3.0, 6.0, 12.0])
+    own = {(r["family"], r["value"]) for r in rows if r["cfg"] is cfg and r["family"] not in ("TRADES", "Control")}
+    assert own == {("Madry", 0.1), ("MART", 0.1), ("Ours", 6.0)}          # the profile's settings: nb03's runs
+    variant = next(r for r in rows if r["family"] == "Madry" and r["value"] == 0.025)["cfg"]
+    assert variant.profile.main_eps == "0.025" and variant.tag
+
+
+def test_the_frontier_figure_draws_a_curve_per_method_and_the_controls_floor(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from robustlib import plots
+    rows = CONTROL + [(f, v, s, nat, rob, nat, rob) for s in (0, 1, 2)
+                      for f, v, nat, rob in (("TRADES", 0.1, 0.95, 0.4), ("TRADES", 1.0, 0.9, 0.7),
+                                             ("Ours", 4.0, 0.95, 0.3), ("Ours", 8.0, 0.94, 0.5))]
+    df = table(rows).assign(knob=lambda d: d["family"].map({"TRADES": "1/λ", "Ours": "DRA ε_max", "Control": ""}))
+    fig = plots.frontier(df, robust=ROB, title="t", run_dir=tmp_path, name="frontier")
+    ax = fig.axes[0]
+    curves = {c.get_label(): c.lines[0] for c in ax.containers if c.get_label() in ("TRADES", "Ours")}
+    assert list(curves["TRADES"].get_xdata()) == pytest.approx([40.0, 70.0])       # knob order, in percent
+    assert list(curves["Ours"].get_ydata()) == pytest.approx([95.0, 94.0])
+    floor = [line for line in ax.get_lines() if line.get_label().startswith("Control −")]
+    assert floor and floor[0].get_ydata()[0] == pytest.approx(94.5)
+    assert (tmp_path / "figures" / "frontier.png").exists()
