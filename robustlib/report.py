@@ -239,7 +239,7 @@ def claim_p_saturates(tables: Tables, profile: Profile):
     parts = [compare(r3, r0, images=m, label=f"{rob} p=1/3 - p=0"),
              contrast([(1, r3), (-0.25, r0), (-0.75, r1)], images=m,
                       label="r(1/3) - r(0) - 3/4 (r(1) - r(0))")]
-    numbers = (f"{_numbers(parts)}; {rob} at p=0/1/3/1: {pct(r0.mean())} / {pct(r3.mean())} / {pct(r1.mean())}; "
+    numbers = (f"{_numbers(parts)}; {rob} at p = 0, 1/3 and 1: {pct(r0.mean())}, {pct(r3.mean())} and {pct(r1.mean())}; "
                f"natural at p=1/3 {pct(n3)} vs p=1 {pct(n1)} (paper: 91.3% vs 89.6%){fig4}")
     return combine(parts), numbers, f"{rob}: p=1/3 - p=0 > 0 and p=1/3 reaches 3/4 of p=1's gain"
 
@@ -286,8 +286,9 @@ def claim_corruptions(tables: Tables, profile: Profile):
                       images=images_for(df, "Ours"), label="mean over corruptions Ours - Vanilla")
     ahead, behind = (sum(c.verdict == v for c in per.values()) for v in (HOLDS, FAILS))
     source = ", ".join(dict.fromkeys(df["source"].dropna().astype(str))) if "source" in df.columns else "unknown"
-    return overall.verdict, (f"{overall}; Ours ahead beyond the interval on {ahead}, behind on {behind} of "
-                             f"{len(per)} corruptions (source: {source})"), "Ours - Vanilla, mean over corruptions > 0"
+    return overall.verdict, (f"{overall}; of the {len(per)} corruptions, Ours is ahead beyond the interval on "
+                             f"{ahead} and behind beyond it on {behind} (source: {source})"), \
+        "Ours - Vanilla, mean over corruptions > 0"
 
 
 def check_claims(tables: Tables, profile: Profile) -> list[Verdict]:

@@ -28,7 +28,7 @@ Example
 >>> c.verdict, round(100 * c.diff, 1)
 ('holds', 20.7)
 >>> print(c)
-pgd@0.1 +20.7 [+13.6, +27.7] points (3 seeds; > 0)
+pgd@0.1 +20.7 [+13.6, +27.7] points (3 seeds; claim > 0)
 """
 from __future__ import annotations
 
@@ -65,13 +65,17 @@ class Comparison:
     test_noise: bool = True     # False: no image count was given, the interval holds seed noise only
 
     def __str__(self) -> str:
-        def pts(v):
-            return f"{100 * v:+.1f}"
-        side = f"> {100 * self.margin:g}" if self.margin else "> 0"
+        pts = points
+        side = f"claim > {100 * self.margin:g}" if self.margin else "claim > 0"
         interval = f"[{pts(self.lo)}, {pts(self.hi)}]" if self.seeds > 1 else "[no interval: 1 seed]"
         noise = "" if self.test_noise else "; seed noise only: the table gives no image count"
         return (f"{self.label + ' ' if self.label else ''}{pts(self.diff)} {interval} points "
                 f"({self.seeds} seed{'s' * (self.seeds != 1)}; {side}{noise})")
+
+
+def points(v: float) -> str:
+    """A difference of fractions in points with its sign and one decimal; a zero is +0.0, never -0.0."""
+    return f"{round(100 * v, 1) + 0.0:+.1f}"
 
 
 def _series(values) -> pd.Series:
@@ -166,10 +170,10 @@ def reading(df: pd.DataFrame, reference: str, columns: Mapping[str, str], *, key
                 parts.append(f"{words}: no paired seeds")
                 continue
             shown = {HOLDS: "higher", FAILS: "lower"}.get(c.verdict, "not distinguishable")
-            interval = f" [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]" if c.seeds > 1 else ""
-            parts.append(f"{words} {100 * c.diff:+.1f}{interval}, {shown}")
+            interval = f" [{points(c.lo)}, {points(c.hi)}]" if c.seeds > 1 else ""
+            parts.append(f"{words} {points(c.diff)}{interval}, {shown}")
             if c.verdict != INCONCLUSIVE:
-                found.append(f"*{row}* has {shown} {words}")
+                found.append(f"*{row}*, {words}: {shown} ({points(c.diff)} [{points(c.lo)}, {points(c.hi)}])")
         seeds = {between(df, row, reference, col, key=key).seeds for col in columns}
         lines.append(f"- *{row}* ({'/'.join(map(str, sorted(seeds)))} seed{'s' * (max(seeds) != 1)}): "
                      + "; ".join(parts))

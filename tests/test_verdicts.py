@@ -78,8 +78,10 @@ def test_an_ablations_reading_says_what_differs_beyond_the_noise_and_only_that()
     text = verdicts.reading(df, "ref", {"natural": "natural accuracy", "pgd@0.1": "robust accuracy"})
     assert ("- *a* (3 seeds): natural accuracy +0.3 [-4.1, +4.7], not distinguishable; robust accuracy +10.0 "
             "[+2.4, +17.6], higher") in text
-    assert "Beyond the noise: *a* has higher robust accuracy; *b* has lower natural accuracy. Of 4 comparisons" in text
+    assert ("Beyond the noise: *a*, robust accuracy: higher (+10.0 [+2.4, +17.6]); *b*, natural accuracy: lower "
+            "(-5.0 [") in text and "Of 4 comparisons" in text
     assert "seed and test-sample noise" in text
+    assert verdicts.points(-1e-12) == "+0.0" and verdicts.points(-0.0123) == "-1.2"    # never a -0.0
     same = df.assign(natural=[.90, .91, .92] * 3, **{"pgd@0.1": [.5, .52, .51] * 3})
     assert "Every interval contains 0" in verdicts.reading(same, "ref", {"natural": "n"})
     assert "seed noise where" in verdicts.reading(same.drop(columns="images"), "ref", {"natural": "n"})
