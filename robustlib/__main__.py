@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--nproc", default=None, help="train each run with this many processes under torchrun, one GPU "
                                                   "each on CUDA (default: $ROBUSTLIB_NPROC or 1)")
     est = sub.add_parser("estimate", help="predict the wall time of the notebooks on a device",
-                         description="Count the work of notebooks 00-05 from the profile and time each kind of "
+                         description="Count the work of notebooks 00-06 from the profile and time each kind of "
                                      "work for a few batches on the device; print the predicted wall time per "
                                      "notebook and in total. Runs already finished in the run directory are not "
                                      "counted. Writes nothing.")

@@ -1,4 +1,4 @@
-"""Know the cost before paying it: the predicted wall time of notebooks 00-05 for a profile on a device.
+"""Know the cost before paying it: the predicted wall time of notebooks 00-06 for a profile on a device.
 
     python -m robustlib estimate --profile paper-cifar10 --device cuda
 
@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from . import frontier
 from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
 from .evaluate import PAPER_STEPS, run_attack
@@ -262,8 +263,21 @@ def _notebook_05(c: _Counter) -> None:
               3 * (grid + 1) * n)
 
 
+def _notebook_06(c: _Counter) -> None:
+    """The frontier: every run of :func:`robustlib.frontier.sweep` per seed (notebook 03's are loaded), each on
+    the methods table's radii and on the held-out split (PGD-20 at main_eps, the paper protocol)."""
+    cfg, p, n = c.cfg, c.cfg.profile, _eval_images(c)
+    rows = frontier.sweep(cfg)
+    for seed in p.seeds:
+        for r in rows:
+            c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"))
+        _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
+        c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
+                 len(rows) * 3)
+
+
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,
-             "05": _notebook_05}
+             "05": _notebook_05, "06": _notebook_06}
 
 
 def finished_runs(cfg: RunConfig) -> set[str]:
@@ -443,7 +457,7 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["notebook", "what", "unit", "count", "seconds"])
 
 
 def _duration(seconds: float) -> str:

@@ -16,6 +16,8 @@ adversarial updates and the clean-only tail.
 - ``finetune``     the paper (Section IV-A): one batch holding the clean samples and their adversarial
                    copies, 1:1 (``clean_weight`` sets another ratio).
 - ``constrained``  the Lagrangian of eq. (8-9): :class:`Constrained`, which carries its multiplier λ.
+- ``averaged``     the fine-tune's objective with stochastic weight averaging over its last epochs
+                   (:class:`Averaged`; Izmailov et al. 2018): a variant of the recipe (issue 16's frontier).
 """
 from __future__ import annotations
 
@@ -248,6 +250,59 @@ class Constrained:
         self.lam = float(state.get("lam", self.lam))
 
 
+@dataclass
+class Averaged:
+    """The paper's fine-tune objective (:func:`finetune`) with stochastic weight averaging (SWA; Izmailov et al.,
+    "Averaging Weights Leads to Wider Optima and Better Generalization", UAI 2018): from epoch ``start`` on, the
+    weights after each epoch join an equal-weight running mean, and after the last epoch the model *is* that
+    mean. SWA needs a constant or cyclic rate, which the fine-tune has (``ft_lr_schedule: constant``).
+
+    Why it might move the frontier: the fine-tune passes from DRA epochs of decaying budget to clean-only
+    epochs; the average of the weights along that path is one model between the robust and the accurate
+    ends, and averaged weights tend to sit in flatter regions, which generalise better (and, reported for
+    adversarial training, overfit less: Gowal et al. 2020 and Rebuffi et al. 2021 keep such an average).
+
+    Buffers (BatchNorm's running statistics) are averaged like the weights, as
+    ``torch.optim.swa_utils.AveragedModel(use_buffers=True)`` does; integer buffers keep their last value.
+    The running mean and its count are the objective's state, checkpointed after every epoch, so a resumed run
+    averages the same epochs.
+    """
+
+    epochs: int
+    start: int
+    clean_weight: float = 1.0
+
+    def __post_init__(self):
+        if not 0 <= self.start < self.epochs:
+            raise ValueError(f"Averaged(start={self.start}, epochs={self.epochs}): the average must start at an "
+                             f"epoch from 0 to epochs - 1")
+        self._mean, self._n, self._done = None, 0, 0
+
+    def __call__(self, model: nn.Module, x, y, *, attack):
+        return finetune(model, x, y, attack=attack, clean_weight=self.clean_weight)
+
+    @torch.no_grad()
+    def end_epoch(self, model: nn.Module) -> dict:
+        self._done += 1
+        if self._done > self.start:
+            now = {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
+            if self._mean is None:
+                self._mean = {k: v.clone() for k, v in now.items()}
+            else:
+                for k, v in now.items():
+                    self._mean[k] += (v.to(self._mean[k].device) - self._mean[k]) / (self._n + 1)
+            self._n += 1
+            if self._done == self.epochs:       # the model leaves fit() as the average
+                model.load_state_dict({**model.state_dict(), **self._mean})
+        return {"averaged_epochs": self._n}
+
+    def state_dict(self) -> dict:
+        return {"mean": self._mean, "n": self._n, "done": self._done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._mean, self._n, self._done = state.get("mean"), int(state.get("n", 0)), int(state.get("done", 0))
+
+
 @torch.no_grad()
 def mean_clean_loss(model: nn.Module, data: tuple) -> float:
     """Mean clean cross-entropy of ``model`` on ``data = (x, y)``, in eval mode."""
@@ -259,5 +314,5 @@ def mean_clean_loss(model: nn.Module, data: tuple) -> float:
 
 OBJECTIVES: dict[str, Callable] = {
     "clean": clean, "madry": madry, "madry-mix": madry_mix, "trades": trades, "mart": mart,
-    "finetune": finetune, "constrained": Constrained,
+    "finetune": finetune, "constrained": Constrained, "averaged": Averaged,
 }

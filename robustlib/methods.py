@@ -32,7 +32,7 @@ from .data import ImageData, load_splits, split_validation
 from .evaluate import accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict, robust_fraction, run_attack
 from . import launch, masking
 from .io import RobustlibError, read_json, write_json
-from .losses import OBJECTIVES, Adversary, Constrained, EpsSchedule
+from .losses import OBJECTIVES, Adversary, Averaged, Constrained, EpsSchedule
 from .models import model_spec
 from .paper import CALIBRATION
 from .profiles import DRA_BUDGETS, Recorder, parse_eps
@@ -88,6 +88,11 @@ def _ours_constrained(p, run) -> dict:
     return {"objective": Constrained.for_theta_std(run["theta_std"], (sub.float_x(), sub.y), lam_lr=p.lam_lr)}
 
 
+def _ours_averaged(p, run) -> dict:
+    """The recipe with SWA (:class:`~robustlib.losses.Averaged`) over the second half of the fine-tune's epochs."""
+    return {"objective": Averaged(p.ft_epochs, p.ft_epochs // 2, clean_weight=p.ft_replay_ratio)}
+
+
 RANDOM_START = {"pgd": {"random_start": True}}    # Madry et al.; TRADES and MART start at x + 0.001 N(0, 1)
 
 METHODS: dict[str, Method] = {
@@ -99,6 +104,11 @@ METHODS: dict[str, Method] = {
     "mart": Method("mart", "pgd", baseline=True, beta=lambda p: p.mart_beta),
     "ours": Method("finetune", "dra", finetune=True, setup=_ours),
     "ours-constrained": Method("constrained", "dra", finetune=True, setup=_ours_constrained, check=_concat_only),
+    # issue 16's variants of the recipe, judged on the frontier (notebook 06): the fine-tune's schedule and start,
+    # with TRADES' objective (CE(x) + 1/λ KL(f(x) || f(x')), x' = DRA maximising the KL: Table V's TRADES + DRA,
+    # inside the paper's recipe) at the profile's first TRADES 1/λ; and with weight averaging (SWA)
+    "ours-trades": Method("trades", "dra", finetune=True, beta=lambda p: p.trades_betas[0]),
+    "ours-swa": Method("averaged", "dra", finetune=True, setup=_ours_averaged, check=_concat_only),
 }
 
 

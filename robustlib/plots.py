@@ -149,37 +149,49 @@ def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, 
     return finish(fig, run_dir, name)
 
 
-def frontier(per_seed: pd.DataFrame, *, robust: str, title: str, run_dir=None, name: str, margin: float = 0.005,
+def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: str, margin: float = 0.005,
              markers=("Control", "Vanilla")):
     """The accuracy–robustness frontier: natural accuracy (y) against ``robust`` (x), in percent, one curve per
     method (``family``) through its knob values (``value``, in the order of the knob), each point the mean over
     seeds with ±1 sd whiskers and its knob value written beside it; the ``markers`` families (the control,
     the vanilla model) as single stars; a dashed line ``margin`` below the control's clean accuracy, the floor
-    of the frontier verdict (:mod:`robustlib.frontier`)."""
-    fig, ax = plt.subplots(figsize=(8.6, 5.0))
+    of the frontier verdict (:mod:`robustlib.frontier`). ``robust``: a column, or several (one panel each,
+    side by side, sharing the y axis)."""
+    columns = [robust] if isinstance(robust, str) else list(robust)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns) + 2.2, 5.0), sharey=True, squeeze=False)
     families = [f for f in dict.fromkeys(per_seed["family"]) if f not in markers]
-    colours = dict(zip(families, sns.color_palette("colorblind", len(families))))
-    for family in families:
-        pts = per_seed[per_seed["family"] == family].groupby("value", sort=True)[["natural", robust]]
-        mean, sd = 100 * pts.mean(), 100 * pts.std(ddof=1).fillna(0.0)
-        ax.errorbar(mean[robust], mean["natural"], xerr=sd[robust], yerr=sd["natural"], fmt="-o", ms=5, lw=1.4,
-                    capsize=2, color=colours[family], label=family)
-        knob = per_seed.loc[per_seed["family"] == family, "knob"].iloc[0] if "knob" in per_seed else ""
-        for value, row in mean.iterrows():
-            ax.annotate(f"{value:g}", (row[robust], row["natural"]), xytext=(4, 3), textcoords="offset points",
-                        fontsize=7, color=colours[family])
-        if knob:
-            ax.plot([], [], " ", label=f"  (points: {knob})")
-    for k, family in enumerate(f for f in markers if f in set(per_seed["family"])):
-        m = 100 * per_seed[per_seed["family"] == family][["natural", robust]].mean()
-        ax.scatter(m[robust], m["natural"], marker="*" if k == 0 else "X", s=180, color="0.15" if k == 0 else "0.5",
-                   zorder=4, label=family)
-        if family == markers[0]:
-            ax.axhline(m["natural"] - 100 * margin, ls="--", lw=1, color="0.4",
-                       label=f"{family} − {100 * margin:g} point")
-    ax.set(title=title, xlabel=f"robust accuracy, {robust} (%)", ylabel="natural accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    palette = sns.color_palette("colorblind", 10)
+    colours = dict(zip(families, [palette[i] for i in (0, 2, 4, 3, 6, 9, 1, 5, 7, 8)] * 2))
+    styles = ["o", "s", "^", "D", "v", "P", "X"]
+    for ax, col in zip(axes[0], columns):
+        for k, family in enumerate(families):
+            pts = per_seed[per_seed["family"] == family].groupby("value", sort=True)[["natural", col]]
+            mean, sd = 100 * pts.mean(), 100 * pts.std(ddof=1).fillna(0.0)
+            variant = str(family).startswith("Ours +")        # the recipe's variants: dashed beside Ours
+            ax.plot(mean[col], mean["natural"], ls="--" if variant else "-", marker=styles[k % len(styles)], ms=5,
+                    lw=1.4, color=colours[family], label=family, zorder=3)
+            ax.errorbar(mean[col], mean["natural"], xerr=sd[col], yerr=sd["natural"], fmt="none", elinewidth=0.8,
+                        capsize=2, alpha=0.35, color=colours[family], zorder=2)
+            for value, row in mean.iterrows():
+                ax.annotate(f"{value:g}", (row[col], row["natural"]), xytext=(4, 3), textcoords="offset points",
+                            fontsize=7, color=colours[family])
+        for k, family in enumerate(f for f in markers if f in set(per_seed["family"])):
+            m = 100 * per_seed[per_seed["family"] == family][["natural", col]].mean()
+            ax.scatter(m[col], m["natural"], marker="*" if k == 0 else "X", s=200 if k == 0 else 70,
+                       color="0.1" if k == 0 else "0.6", zorder=5 if k == 0 else 4, label=family)
+            if family == markers[0]:
+                ax.axhline(m["natural"] - 100 * margin, ls="--", lw=1, color="0.4",
+                           label=f"{family} − {100 * margin:g} point")
+        at = f"at ε = {col.split('@', 1)[1]}" if "@" in col else col
+        ax.set(xlabel=f"robust accuracy {at} (%)", ylabel="natural accuracy (%)" if ax is axes[0][0] else "")
+        ax.grid(alpha=0.3)
+    ax = axes[0][-1]
+    knobs = (per_seed.drop_duplicates("family").set_index("family")["knob"] if "knob" in per_seed
+             else pd.Series(dtype=str))
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [f"{lab} (points: {knobs[lab]})" if lab in knobs and knobs[lab] else lab for lab in labels]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.suptitle(title)
     return finish(fig, run_dir, name)
 
 

@@ -138,6 +138,7 @@ class Profile:
     frontier_trades_betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)   # TRADES' 1/λ
     frontier_eps_scales: tuple[float, ...] = (0.25, 0.5, 1.0)         # Madry's and MART's training ε / main_eps
     frontier_dra_scales: tuple[float, ...] = (0.5, 1.0, 2.0)          # the fine-tune's DRA budgets (max and min) x
+    frontier_variants: tuple[str, ...] = ("ours-trades", "ours-swa")  # the recipe's variants on the frontier
     smoke: bool = False
 
     def __post_init__(self):
@@ -211,6 +212,9 @@ class Profile:
 
 
 # --- the checks of every field ------------------------------------------------------------------------
+
+FRONTIER_VARIANTS = ("ours-trades", "ours-swa")   # methods.METHODS entries (frontier.VARIANTS names them)
+
 
 def _ge(lo):
     return lambda v: v >= lo
@@ -315,6 +319,8 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "frontier_trades_betas": (_each(_gt(0)), "a non-empty list of finite floats > 0, e.g. [0.1, 1.0]"),
     "frontier_eps_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times main_eps), e.g. [0.5, 1.0]"),
     "frontier_dra_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times the DRA budgets), e.g. [1.0, 2.0]"),
+    "frontier_variants": (_each(_one_of(*FRONTIER_VARIANTS), non_empty=False),
+                          f"a list of the recipe's variants, each one of {', '.join(FRONTIER_VARIANTS)} (may be empty)"),
     "smoke": (_anything, "true or false"),
 }
 

@@ -1,6 +1,6 @@
 """Run the notebook sequence headlessly with papermill, one profile at a time.
 
-Each notebook in ``notebooks/`` (``00_...`` to ``05_...``) is executed in order with its ``parameters``
+Each notebook in ``notebooks/`` (``00_...`` to ``06_...``) is executed in order with its ``parameters``
 cell set to the profile, device and folders; the executed copy lands in ``<run_dir>/notebooks/`` and the
 wall time of each in ``<run_dir>/timings.json``. Papermill does the executing.
 

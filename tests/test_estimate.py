@@ -42,7 +42,11 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
             "vanilla-resnet18w4-s2", "ours-const-notail-s1"} <= names
     assert "ours-lin-tail-s0" not in names            # the profile's own schedule is notebook 03's run
     assert work["train ours-alt-s0"].unit[3] == 2 * 128   # the alternating replay at twice the batch
-    assert {w.notebook for w in items} == {"00", "01", "02", "03", "04", "05"}
+    assert {w.notebook for w in items} == {"00", "01", "02", "03", "04", "05", "06"}
+    # notebook 06's frontier: the runs notebook 03 trained are loaded; the new knob values and variants are trained
+    assert work["train ours-swa-dra2x-s1"].notebook == "06" and work["train madry-eps0.025-s0"].notebook == "06"
+    assert work["train ours-trades-b1-s0"].unit[2] == "ours-trades+dra"
+    assert not any(w.notebook == "06" and w.what in ("train ours-s0", "train trades-b0.1-s2") for w in items)
     # notebook 03's last vs best: Ours, Ours (constrained), Madry, MART and both TRADES, two models each, PGD-20
     # under two protocols at main_eps on the 360 test images
     assert work["last vs best"].count == 2 * (4 + 2) * 2 * 20 * 360
@@ -70,7 +74,7 @@ def test_only_some_notebooks(tmp_path):
 def test_the_estimate_times_every_kind_of_work_on_the_device(tmp_path):
     cfg = config("quick", tmp_path, smoke=True)
     table = estimate.estimate(cfg, batches=1)
-    assert set(table["notebook"]) == {"00", "01", "02", "03", "04", "05"}
+    assert set(table["notebook"]) == {"00", "01", "02", "03", "04", "05", "06"}
     assert (table["seconds"] > 0).all() and table["seconds"].map(lambda s: s == s).all()
     # a training item costs its images times the measured seconds per image of its kind
     train = table[table["unit"].str.startswith("train")]

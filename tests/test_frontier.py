@@ -68,8 +68,16 @@ def test_the_sweep_lists_each_methods_knob_and_reuses_the_profiles_own_runs(tmp_
     assert by["family"].tolist().count("TRADES") == len(cfg.profile.frontier_trades_betas)
     assert sorted(by.loc[by.family == "Madry", "value"]) == pytest.approx([0.025, 0.05, 0.1])
     assert sorted(by.loc[by.family == "Ours", "value"]) == pytest.approx([3.0, 6.0, 12.0])
-    own = {(r["family"], r["value"]) for r in rows if r["cfg"] is cfg and r["family"] not in ("TRADES", "Control")}
+    for variant in ("Ours + TRADES KL", "Ours + SWA"):                      # the recipe's variants, same budgets
+        assert sorted(by.loc[by.family == variant, "value"]) == pytest.approx([3.0, 6.0, 12.0])
+    assert set(by.loc[by.family.str.startswith("Ours +"), "method"]) == {"ours-trades", "ours-swa"}
+    own = {(r["family"], r["value"]) for r in rows
+           if r["cfg"] is cfg and r["family"] in ("Madry", "MART", "Ours")}
     assert own == {("Madry", 0.1), ("MART", 0.1), ("Ours", 6.0)}          # the profile's settings: nb03's runs
+    assert by["family"].iloc[:2].tolist() == ["Vanilla", "Control"]
+    none = frontier.sweep(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False,
+                                          overrides={"frontier_variants": []}))
+    assert not any(r["family"].startswith("Ours +") for r in none)
     variant = next(r for r in rows if r["family"] == "Madry" and r["value"] == 0.025)["cfg"]
     assert variant.profile.main_eps == "0.025" and variant.tag
 
@@ -84,7 +92,7 @@ def test_the_frontier_figure_draws_a_curve_per_method_and_the_controls_floor(tmp
     df = table(rows).assign(knob=lambda d: d["family"].map({"TRADES": "1/λ", "Ours": "DRA ε_max", "Control": ""}))
     fig = plots.frontier(df, robust=ROB, title="t", run_dir=tmp_path, name="frontier")
     ax = fig.axes[0]
-    curves = {c.get_label(): c.lines[0] for c in ax.containers if c.get_label() in ("TRADES", "Ours")}
+    curves = {line.get_label(): line for line in ax.get_lines() if line.get_label() in ("TRADES", "Ours")}
     assert list(curves["TRADES"].get_xdata()) == pytest.approx([40.0, 70.0])       # knob order, in percent
     assert list(curves["Ours"].get_ydata()) == pytest.approx([95.0, 94.0])
     floor = [line for line in ax.get_lines() if line.get_label().startswith("Control −")]

@@ -108,7 +108,8 @@ def test_fit_takes_any_module_and_any_dataloader_for_the_finetune():
     assert hist["adv_loss"].isna().tolist() == [False, False, True]       # epoch 3 is the clean-only tail
 
 
-@pytest.mark.parametrize("method", ["ours", "ours-constrained", "trades", "mart", "madry", "control"])
+@pytest.mark.parametrize("method", ["ours", "ours-constrained", "trades", "mart", "madry", "control", "ours-trades",
+                                    "ours-swa"])
 def test_every_method_trains_checkpoints_and_reloads(tmp_path, method):
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
     r = train_method(cfg, method, progress=False)
@@ -241,3 +242,51 @@ def test_a_default_beta_and_the_same_explicit_beta_are_the_same_run(tmp_path):
     more = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
                            overrides={"ft_epochs": 1, "train_limit": 128, "trades_betas": [1.0, 0.5]})
     assert torch.equal(train_method(more, "trades", progress=False)["model"](x), first["model"](x))
+
+
+def _swa_setting():
+    torch.manual_seed(0)
+    x, y = torch.rand(48, 1, 8, 8), torch.randint(0, 3, (48,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    adv = Adversary("dra", eps=EpsSchedule(2.0, 0.5, 4), steps=2, p=1 / 3)
+    return model, loader, adv
+
+
+def test_the_averaged_fine_tune_ends_as_the_mean_of_its_last_epochs_and_resumes_to_the_same(tmp_path):
+    from robustlib.losses import Averaged
+    seen = []
+
+    def keep(m):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {}
+
+    model, loader, adv = _swa_setting()
+    fit(model, loader, epochs=4, lr=0.05, objective="finetune", adversary=adv, evaluate=keep, progress=False)
+    mean = {k: sum(w[k] for w in seen[1:]) / 3 for k in seen[0]}          # epochs 2, 3 and 4: start = 1
+
+    averaged, loader, adv = _swa_setting()
+    hist = fit(averaged, loader, epochs=4, lr=0.05, objective=Averaged(4, 1), adversary=adv, progress=False)
+    assert hist["averaged_epochs"].tolist() == [0, 1, 2, 3]
+    for k, v in averaged.state_dict().items():
+        assert torch.allclose(v, mean[k], atol=1e-6), k                    # the same path, then its average
+    assert not torch.allclose(averaged.state_dict()["1.weight"], seen[-1]["1.weight"])
+
+    def stop(m):                                   # interrupted after epoch 2 (its checkpoint is written)
+        if len(stopped) == 2:
+            raise RuntimeError("stopped")
+        stopped.append(1)
+        return {}
+    stopped = []
+    part, loader, adv = _swa_setting()
+    with pytest.raises(RuntimeError, match="stopped"):
+        fit(part, loader, epochs=4, lr=0.05, objective=Averaged(4, 1), adversary=adv, evaluate=stop,
+            run_dir=tmp_path, name="swa", progress=False)
+    resumed, loader, adv = _swa_setting()
+    stopped.clear()
+    fit(resumed, loader, epochs=4, lr=0.05, objective=Averaged(4, 1), adversary=adv, evaluate=lambda m: {},
+        run_dir=tmp_path, name="swa", progress=False)
+    for k, v in resumed.state_dict().items():
+        assert torch.allclose(v, averaged.state_dict()[k], atol=1e-6), k
+    with pytest.raises(ValueError, match="must start at an epoch from 0 to epochs - 1"):
+        Averaged(4, 4)

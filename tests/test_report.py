@@ -178,8 +178,31 @@ def test_corruptions(digits):
     assert report.claim_corruptions(close, digits).verdict == INCONCLUSIVE
 
 
+def chosen(ours=(0.99, 0.60), trades=(0.99, 0.55), madry=(0.99, 0.50), control=(0.99, 0.20), jitter=0.01,
+           images=10_000):
+    """A frontier table as notebook 06 writes it (frontier.select): one chosen run per method and seed, on
+    ``images`` test images; seed s adds s * jitter to every robust accuracy (the differences have no seed spread)."""
+    rows = [(m, s, nat, rob + s * jitter, images) for s in (0, 1, 2)
+            for m, (nat, rob) in (("Control", control), ("TRADES", trades), ("Madry", madry), ("Ours", ours))
+            if rob is not None]
+    return {"06_frontier_chosen.csv": pd.DataFrame(rows, columns=["method", "seed", "natural", "pgd@0.1", "images"])}
+
+
+def test_the_frontier_claim(digits):
+    v = report.claim_frontier(chosen(), digits)
+    assert v.verdict == HOLDS and "pgd@0.1 Ours - TRADES +5.0" in v.numbers and "natural Ours - Control" in v.numbers
+    assert report.claim_frontier(chosen(trades=(0.99, 0.70)), digits).verdict == FAILS          # TRADES ahead
+    assert report.claim_frontier(chosen(images=360), digits).verdict == INCONCLUSIVE            # +5 points, 360 images
+    assert report.claim_frontier(chosen(ours=(0.95, 0.80)), digits).verdict == FAILS            # lost the accuracy
+    lost = chosen(ours=(0.99, None))
+    lost["06_frontier_chosen.csv"].loc[len(lost["06_frontier_chosen.csv"])] = ["Ours", 0, float("nan"), float("nan"), 360]
+    v = report.claim_frontier(lost, digits)
+    assert v.verdict == FAILS and "at none of its DRA budgets" in v.numbers
+    assert report.claim_frontier({}, digits).verdict == UNTESTED
+
+
 def test_every_claim_has_a_documented_rule():
-    assert len(report.CLAIMS) == 6
+    assert len(report.CLAIMS) == 7
     for rule in report.CLAIMS:
         assert rule.text and rule.source.endswith(".csv") and "must" in rule.__doc__.lower() or "> 0" in rule.__doc__
 
@@ -227,7 +250,7 @@ def test_build_report(run_dir):
     assert "| The fine-tune keeps clean accuracy while adding robustness | **holds** |" in md
     assert "Table V) | **does not hold** | DRA - PGD on the pgd@0.1 > 0 points in every training |" in md
     assert "**The rule** (`robustlib/verdicts.py`), for every claim: paired by training seed" in md
-    assert "1 holds, 0 inconclusive, 1 does not hold, 4 not tested on this profile" in md
+    assert "1 holds, 0 inconclusive, 1 does not hold, 5 not tested on this profile" in md
     assert "table 05_corruptions.csv not produced" in md
     # per notebook: wall time, title from the executed notebook, tables in percent, paper tables, figures
     assert "9.5 s on cpu" in md and "finished 2026-01-02 03:04:05 UTC" in md
@@ -298,7 +321,7 @@ def test_the_summarys_counts_are_the_splits_the_notebooks_use():
 def test_build_report_on_an_empty_run_dir(tmp_path):
     cfg = robustlib.setup("quick", run_dir=str(tmp_path), device="cpu")
     md = report.build_report(cfg).read_text()
-    assert md.count(f"**{UNTESTED}**") == 6 and "Total: 0.0 s" in md
+    assert md.count(f"**{UNTESTED}**") == 7 and "Total: 0.0 s" in md
 
 
 def test_run_sequence_survives_a_failing_report(tmp_path, monkeypatch, capsys):
