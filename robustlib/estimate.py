@@ -338,12 +338,14 @@ def _random_images(p: Profile, n: int) -> ImageData:
 def _fit_kwargs(p: Profile, kind: str) -> dict:
     """``fit``'s objective, adversary and replay for a training kind (``"clean"``, ``"trades+pgd"``,
     ``"ours+dra/alternating"``), as :func:`~robustlib.methods.build_run` sets them up (the constrained
-    fine-tune is timed as the fine-tune: its lambda update is counted apart)."""
+    fine-tune and the averaged one are timed as the fine-tune: lambda's update is counted apart)."""
     if kind == "clean":
         return {"objective": "clean"}
     method, _, rest = kind.partition("+")
     attack, _, replay = rest.partition("/")
-    m = METHODS["ours" if method == "ours-constrained" else method]
+    # the constrained and the averaged fine-tunes train as the fine-tune does: λ's update is counted apart, and
+    # the average costs one copy of the weights per epoch
+    m = METHODS["ours" if method in ("ours-constrained", "ours-swa") else method]
     q = dataclasses.replace(p, ft_replay=replay or "concat")
     epochs = q.epochs if m.baseline and q.baseline_init == "scratch" else q.ft_epochs
     beta = m.beta(q) if m.beta else None

@@ -48,18 +48,24 @@ def sweep(cfg) -> list[dict]:
     ``frontier_eps_scales`` times ``main_eps`` for Madry and MART; ``frontier_dra_scales`` times both DRA
     budgets for the fine-tune and for each of the profile's ``frontier_variants``, :data:`VARIANTS`). Each row
     carries ``family`` (the method), ``knob`` (what was swept) and ``value``; a value equal to the profile's
-    own setting is the profile's own run (notebook 03's), loaded, not trained again; ``reused`` says which."""
+    own setting is the profile's own run (notebook 03's), loaded, not trained again; ``reused`` says which, and
+    ``retrain`` marks the others, which ``train_grid(retrain=True)`` trains again. Every run starts from the
+    same theta_std: where the profile trains its baselines from scratch (``baseline_init``), the frontier's
+    TRADES, Madry and MART rows are fine-tuned from theta_std instead, under the tag ``fromstd``."""
     p = cfg.profile
     main = parse_eps(p.main_eps)[0]
     rows = [dict(name=VANILLA, cfg=cfg, method="vanilla", family=VANILLA, knob="", value=math.nan),
             dict(name=CONTROL, cfg=cfg, method="control", family=CONTROL, knob="", value=math.nan)]
+    # every run starts from theta_std: a profile whose baselines train from scratch (the paper's, for its tables)
+    # fine-tunes them here, as variants of their own, for the fine-tune's epochs
+    base = cfg if p.baseline_init == "pretrained" else cfg.variant("fromstd", baseline_init="pretrained")
     for beta in p.frontier_trades_betas:
-        rows.append(dict(name=f"TRADES, 1/λ = {beta:g}", cfg=cfg, method="trades", beta=beta, family="TRADES",
+        rows.append(dict(name=f"TRADES, 1/λ = {beta:g}", cfg=base, method="trades", beta=beta, family="TRADES",
                          knob="1/λ", value=float(beta)))
     for family, method in (("Madry", "madry"), ("MART", "mart")):
         for scale in p.frontier_eps_scales:
             eps = _budget(scale * main)
-            c = cfg if scale == 1 else cfg.variant(f"eps{eps}", main_eps=eps)
+            c = base if scale == 1 else base.variant(f"eps{eps}", main_eps=eps)
             rows.append(dict(name=f"{family}, ε = {eps}", cfg=c, method=method, family=family, knob="ε",
                              value=float(eps)))
     for method, family in (("ours", "Ours"), *((v, VARIANTS[v]) for v in p.frontier_variants)):
@@ -68,56 +74,66 @@ def sweep(cfg) -> list[dict]:
                                                    ft_eps_min=p.ft_eps_min * scale)
             rows.append(dict(name=f"{family}, DRA ε_max = {p.ft_eps_max * scale:g}", cfg=c, method=method,
                              family=family, knob="DRA ε_max", value=float(p.ft_eps_max * scale)))
-    for r in rows:      # notebook 02's or 03's run (loaded), or one this notebook trains
+    for r in rows:      # notebook 02's or 03's run (loaded), or one this notebook trains (and retrains, if asked)
         r["reused"] = r["cfg"] is cfg and r["method"] in NOTEBOOK_03 and (r["method"] != "trades"
                                                                           or r["beta"] in p.trades_betas)
+        r["retrain"] = not r["reused"]
     return rows
 
 
-def select(per_seed: pd.DataFrame, robust: str, *, margin: float = -verdicts.NOT_LOWER) -> pd.DataFrame:
+def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_LOWER) -> pd.DataFrame:
     """Each method's knob value per seed, chosen on the held-out columns (``heldout natural`` and
     ``heldout <robust>``): among the method's runs of that seed whose held-out clean accuracy is at least the
-    control's (same seed) minus ``margin``, the most robust on the held-out images (ties: the more accurate).
-    Returns one row per method and seed: ``method`` (the family), ``seed``, ``value`` (the knob chosen, NaN
-    where no run kept the accuracy) and the test columns of that run; the control's own rows first."""
+    control's (same seed) plus ``margin`` (-0.005: half a point below it), the most robust on the held-out
+    images (ties: the more accurate). Returns one row per method and seed: ``method`` (the family), ``seed``,
+    ``value`` (the knob chosen, NaN where no run kept the accuracy), ``at edge`` (the chosen value is the
+    largest the sweep has for that method and seed: its curve may reach further) and the test columns of that
+    run; the control's own rows first."""
     need = {"family", "value", "seed", "natural", robust, HELD_OUT + "natural", HELD_OUT + robust}
     missing = sorted(need - set(per_seed.columns))
     if missing:
         raise RobustlibError(f"the frontier table lacks {', '.join(missing)}; make it with methods.train_grid("
                              f"..., heldout=(x, y), heldout_eps=main_eps) over frontier.sweep(cfg)")
-    control = per_seed[per_seed["family"] == CONTROL].set_index("seed")
+    control = per_seed[per_seed["family"] == CONTROL]
     if control.empty:
         raise RobustlibError("the frontier table has no Control rows: the selection needs the control's held-out "
                              "clean accuracy")
-    out = [control.reset_index().assign(method=CONTROL)]
+    if control["seed"].duplicated().any():
+        raise RobustlibError("the frontier table has several Control rows for one seed: make it with one row per "
+                             "run and seed (methods.train_grid over frontier.sweep(cfg))")
+    floors = control.set_index("seed")[HELD_OUT + "natural"].astype(float) + margin
+    out = [control.assign(method=CONTROL)]
     for family in dict.fromkeys(per_seed["family"]):
         if family in (CONTROL, VANILLA):
             continue
         for seed, runs in per_seed[per_seed["family"] == family].groupby("seed", sort=True):
-            if seed not in control.index:
+            if seed not in floors.index:
                 continue
-            floor = float(control.loc[seed, HELD_OUT + "natural"]) - margin
-            kept = runs[runs[HELD_OUT + "natural"] >= floor - 1e-12]
+            kept = runs[runs[HELD_OUT + "natural"] >= floors[seed] - 1e-12]
             if kept.empty:
-                out.append(pd.DataFrame([{"method": family, "family": family, "seed": seed, "value": math.nan}]))
+                out.append(pd.DataFrame([{"method": family, "family": family, "seed": seed, "value": math.nan,
+                                          "at edge": False}]))
                 continue
             best = kept.sort_values([HELD_OUT + robust, HELD_OUT + "natural"], ascending=False).iloc[:1]
-            out.append(best.assign(method=family))
+            out.append(best.assign(method=family, **{"at edge": bool(best["value"].iloc[0] >= runs["value"].max())}))
     return pd.concat(out, ignore_index=True)
 
 
 def verdict(chosen: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_LOWER) -> dict:
-    """The frontier statement on the runs :func:`select` chose, on the test images: the method most robust
-    on average, its difference from every other method (paired by seed; the verdict rule), and each method's
-    clean accuracy against the control's (non-inferiority at ``margin``). Returns ``best``, ``against``
+    """The frontier statement on the runs :func:`select` chose: the leading method, the one most robust on
+    average *on the held-out split* (``heldout <robust>``; where the table has no such column, the held-out
+    selection was made at another radius and the lead is read on ``robust`` itself), then on the test images
+    its difference from every other method (paired by seed; the verdict rule), and each method's clean
+    accuracy against the control's (non-inferiority at ``margin``). Returns ``best``, ``against``
     (method -> Comparison, the best minus it on ``robust``), ``kept`` (method -> Comparison, natural minus the
-    control's) and ``missing`` (methods with a seed where no run kept the control's held-out accuracy)."""
+    control's) and ``missing`` (methods with a seed where no run kept the control's held-out accuracy). Where no
+    method has such a run at all, ``best`` is None and the comparisons are empty."""
     lost = sorted(chosen.loc[chosen[robust].isna() & (chosen["method"] != CONTROL), "method"].unique())
     chosen = chosen.dropna(subset=[robust])
-    means = chosen[chosen["method"] != CONTROL].groupby("method", sort=False)[robust].mean()
-    if means.empty:
-        raise RobustlibError("no method has a run that kept the control's held-out accuracy: widen the frontier's "
-                             "knob values toward the clean end (smaller 1/λ, ε or DRA budget)")
+    lead = HELD_OUT + robust if HELD_OUT + robust in chosen.columns else robust
+    means = chosen[chosen["method"] != CONTROL].groupby("method", sort=False)[lead].mean()
+    if means.empty:          # a finding, not an error: every method bought its robustness with accuracy
+        return {"best": None, "against": {}, "kept": {}, "missing": lost}
     best = means.idxmax()
     return {"best": best,
             "against": {m: verdicts.between(chosen, best, m, robust) for m in means.index if m != best},
@@ -127,21 +143,39 @@ def verdict(chosen: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_L
 
 def said(c) -> str:
     """A comparison in words: its difference and 95% interval in points, then higher, lower or not distinguishable."""
+    if c.seeds == 0:
+        return "no seed where both kept the control's accuracy"
     shown = {verdicts.HOLDS: "higher", verdicts.FAILS: "lower"}.get(c.verdict, "not distinguishable")
     interval = f" [{verdicts.points(c.lo)}, {verdicts.points(c.hi)}]" if c.seeds > 1 else " (1 seed: no interval)"
     return f"{verdicts.points(c.diff)}{interval} points, {shown}"
 
 
 def reading(chosen: pd.DataFrame, robust: str, *, words: str | None = None, margin: float = verdicts.NOT_LOWER) -> str:
-    """The frontier statement of :func:`verdict` in Markdown, from the numbers: the most robust chosen method at
-    the control's clean accuracy, its paired difference from each other method with the 95% interval, and
-    each method's clean accuracy against the control's."""
+    """The frontier statement of :func:`verdict` in Markdown, from the numbers: the leading method at the
+    control's clean accuracy (led on the held-out split), then on the test images its paired difference from
+    each other method with the 95% interval, each method's clean accuracy against the control's, and the
+    methods chosen at the edge of their sweep."""
     v = verdict(chosen, robust, margin=margin)
     words = words or robust
+    if v["best"] is None:
+        return ("**No method kept the control's clean accuracy**: for every method and seed, each of its runs lost "
+                "more than half a point of held-out clean accuracy, so the question has no answer on these knob "
+                "values. Values nearer the clean end (a smaller 1/λ, ε or DRA budget) would trace the curves to it.")
     best, kept = v["best"], chosen.dropna(subset=[robust])
     mean = 100 * kept[kept["method"] == best][robust].mean()
-    lines = [f"**At the control's clean accuracy, the most robust is {best}** ({mean:.1f}% on average, {words}; "
-             f"each method's knob chosen per seed on the held-out split, the numbers on the test images).",
+    ahead = [m for m, c in v["against"].items() if c.verdict == verdicts.HOLDS]
+    tied = [m for m, c in v["against"].items() if c.verdict == verdicts.INCONCLUSIVE]
+    behind = [m for m, c in v["against"].items() if c.verdict == verdicts.FAILS]
+    lost = v["kept"][best].verdict == verdicts.FAILS
+    head = (f"**{best} leads** ({mean:.1f}% {words} on the test images; the lead is read on the held-out split, "
+            "where each method's knob was chosen)"
+            + (", although on the test images its clean accuracy is below the control's beyond the half-point margin"
+               if lost else "") + ". On the test images it is "
+            + "; ".join(part for part in (f"more robust than {', '.join(ahead)} beyond the noise" if ahead else "",
+                                          f"not distinguishable from {', '.join(tied)}" if tied else "",
+                                          f"less robust than {', '.join(behind)} beyond the noise" if behind else "")
+                        if part) + ".")
+    lines = [head,
              f"- {best} minus each other method, {words}: "
              + ("; ".join(f"{m} {said(c)}" for m, c in v["against"].items()) or "no other method kept the accuracy") + ".",
              "- Clean accuracy minus the control's: " + "; ".join(
@@ -149,53 +183,97 @@ def reading(chosen: pd.DataFrame, robust: str, *, words: str | None = None, marg
                  + {verdicts.HOLDS: " (kept: not more than half a point lower)",
                     verdicts.FAILS: " (lower, beyond the half-point margin)"}.get(c.verdict, " (undecided)")
                  for m, c in v["kept"].items()) + "."]
+    if "at edge" in chosen.columns:
+        edge = list(dict.fromkeys(chosen.loc[chosen["at edge"].fillna(False).astype(bool), "method"]))
+        if edge:
+            lines.append(f"- Chosen at the largest value its sweep has, for some seed: {', '.join(edge)}. Its curve may "
+                         "reach further right at the control's accuracy, so its robustness here is a lower bound.")
     if v["missing"]:
         lines.append(f"- No run kept the control's held-out clean accuracy for some seed of: {', '.join(v['missing'])}; "
                      "those methods are compared on the seeds where one did.")
+    lines.append(f"- Each line is one comparison of {len(v['against']) + len(v['kept'])} at 95% each, with no "
+                 "correction for their number: one result beyond the noise among many is weak evidence alone.")
     return "\n".join(lines)
 
 
 def goal(per_seed: pd.DataFrame, chosen: pd.DataFrame, robust: str, *, reference=("TRADES", 1.0),
          within: float = 0.01, words: str | None = None) -> dict:
-    """How close each chosen method comes to issue 16's target: the control's clean accuracy (not more than
-    ``within`` below it) with the robustness of the ``reference`` run (family, knob value; TRADES at 1/λ = 1),
-    on the test means. A description, not a verdict. Returns ``table`` (one row per method: clean minus the
-    control, robust, robust minus the reference, in points, and whether both targets are met), ``reading``
-    (Markdown) and ``summary`` (one sentence)."""
+    """How close the fine-tune and its variants (methods named ``Ours…``) come to issue 16's target: the
+    control's clean accuracy (not more than ``within`` below it) with the robustness at ``robust`` of the
+    ``reference`` run (family, knob value; TRADES at 1/λ = 1), on the test means of the runs :func:`select`
+    chose. A description, not a verdict. Returns ``table`` (one row per method, the baselines for comparison:
+    clean minus the control, robust, robust minus the reference, in points, and for the fine-tunes whether both
+    targets are met), ``reading`` (Markdown) and ``summary`` (one sentence)."""
     family, value = reference
     ref = per_seed[(per_seed["family"] == family) & (per_seed["value"] == value)]
     knob = str(ref["knob"].iloc[0]) if "knob" in ref and len(ref) else "knob"
     words, named = words or robust, f"{family} at {knob} = {value:g}"
+    if ref.empty or robust not in ref:
+        text = (f"The target needs {family} at {value:g} among the frontier's runs, evaluated at {words}, which this "
+                "profile does not sweep; add it to the profile's knob values to measure it.")
+        return {"table": pd.DataFrame(), "reading": text, "summary": text}
     kept = chosen.dropna(subset=[robust])
     control = kept.loc[kept["method"] == CONTROL, "natural"].mean()
-    if ref.empty:
-        text = (f"The target needs {family} at {value:g} among the frontier's runs, which this profile does not "
-                f"sweep; add it to the profile's knob values to measure it.")
+    means = kept[kept["method"] != CONTROL].groupby("method", sort=False)[["natural", robust]].mean()
+    ours = [m for m in means.index if str(m).startswith("Ours")]
+    if not ours:
+        text = ("Neither the fine-tune nor a variant has a run at the control's clean accuracy, so none comes near "
+                "the target.")
         return {"table": pd.DataFrame(), "reading": text, "summary": text}
     target = ref[robust].mean()
-    means = kept[kept["method"] != CONTROL].groupby("method", sort=False)[["natural", robust]].mean()
     gap = f"minus {named} (points)"
     table = pd.DataFrame({"clean minus control (points)": (100 * (means["natural"] - control)).round(1),
                           f"{words} (%)": (100 * means[robust]).round(1),
                           gap: (100 * (means[robust] - target)).round(1)})
-    table["target met"] = ((means["natural"] >= control - within - 1e-12) & (means[robust] >= target)).map(
-        {True: "yes", False: "no"})
+    met = (means["natural"] >= control - within - 1e-12) & (means[robust] >= target)
+    table["target met"] = [("yes" if met[m] else "no") if m in ours else "(a baseline)" for m in means.index]
     table = table.reset_index()
-    closest = table.sort_values(gap, ascending=False).iloc[0]
-    met = table.loc[table["target met"] == "yes", "method"].tolist()
-    head = (f"**The target** (test means; a description, not a verdict): clean accuracy at least the control's "
-            f"{100 * control:.1f}% minus {100 * within:g} point, and {words} at least that of {named}, "
-            f"{100 * target:.1f}% (whose own clean accuracy is {100 * ref['natural'].mean():.1f}%). ")
-    if met:
-        body = (f"Met on the means by {', '.join(met)}; on these seeds and images a mean is not yet a verdict: the "
-                "section 4 reading says which differences are beyond the noise.")
-    else:
-        body = (f"No chosen run meets it. The closest is {closest['method']}, {closest[gap]:+.1f} points from the "
-                f"target robustness at {closest['clean minus control (points)']:+.1f} points of clean accuracy from "
-                "the control.")
-    ours = table[table["method"].astype(str).str.startswith("Ours")].set_index("method")[gap]
+    fine = table[table["method"].isin(ours)]
+    closest = fine.sort_values(gap, ascending=False).iloc[0]
+    hit = fine.loc[fine["target met"] == "yes", "method"].tolist()
+    ref_clean = ref["natural"].mean()
+    head = (f"**The target** (test means; a description, not a verdict): one fine-tuned model with clean accuracy at "
+            f"least the control's {100 * control:.1f}% minus {100 * within:g} point, and {words} at least that of "
+            f"{named}, {100 * target:.1f}% (whose own clean accuracy is {100 * ref_clean:.1f}%"
+            + (", itself within the target's point of the control: on this profile the baseline already has both"
+               if ref_clean >= control - within else "") + "). ")
+    body = (f"Met on the means by {', '.join(hit)}; a mean is not yet a verdict (section 4 says which differences "
+            "are beyond the noise)." if hit else
+            f"Neither the fine-tune nor a variant meets it. The closest is {closest['method']}, "
+            f"{closest[gap]:+.1f} points from the target robustness at {closest['clean minus control (points)']:+.1f} "
+            "points of clean accuracy from the control.")
     summary = (f"the target (the control's clean accuracy within {100 * within:g} point, and {named}'s "
-               f"{100 * target:.1f}% {words}) is " + (f"met on the means by {', '.join(met)}" if met else "met by no chosen run")
-               + ("; the fine-tune and its variants are " + ", ".join(f"{m} {v:+.1f}" for m, v in ours.items())
-                  + " points from its robustness." if len(ours) else "."))
+               f"{100 * target:.1f}% {words}) is " + (f"met on the means by {', '.join(hit)}" if hit else
+                                                      "met by neither the fine-tune nor a variant")
+               + "; " + ", ".join(f"{r['method']} {r[gap]:+.1f}" for _, r in fine.iterrows())
+               + " points from its robustness.")
     return {"table": table, "reading": head + body, "summary": summary}
+
+
+def budget_reading(family: pd.DataFrame, robust: str, *, words: str | None = None, reference: str = "Ours") -> str:
+    """Does a variant move the frontier or only slide along it? Each variant (a ``family`` other than
+    ``reference``) minus ``reference`` at the same knob ``value``, paired by seed, in clean accuracy and in
+    ``robust``, with the verdict rule; in Markdown, a line per variant, then what it shows: a move needs a
+    budget where the variant is more robust beyond the noise and not less accurate beyond it."""
+    words = words or robust
+    lines, moved, comparisons = [], [], 0
+    for variant in (f for f in dict.fromkeys(family["family"]) if f != reference):
+        parts = []
+        for value in sorted(family.loc[family["family"] == variant, "value"].unique()):
+            at = family[family["value"] == value]
+            rob = verdicts.between(at, variant, reference, robust, key="family")
+            nat = verdicts.between(at, variant, reference, "natural", key="family")
+            comparisons += 2
+            parts.append(f"at {value:g}: {words} {said(rob)}; clean {said(nat)}")
+            if rob.verdict == verdicts.HOLDS and nat.verdict != verdicts.FAILS:
+                moved.append(f"{variant} at {value:g}")
+        lines.append(f"- **{variant} − {reference}**, {'; '.join(parts)}.")
+    if not lines:
+        return f"No variant beside {reference} in the table."
+    verdict_line = (f"**More robust at the same budget, beyond the noise, without losing clean accuracy beyond it:** "
+                    f"{', '.join(moved)}: a move of the frontier there (one of {comparisons} comparisons at 95% each: "
+                    "weak evidence alone)." if moved else
+                    "**No budget where a variant is more robust than Ours beyond the noise** without losing clean "
+                    f"accuracy beyond it ({comparisons} comparisons): no evidence here that either moves the frontier; "
+                    "differences within the noise are not evidence that they do not.")
+    return "\n".join([verdict_line, *lines])

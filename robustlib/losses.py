@@ -263,9 +263,13 @@ class Averaged:
     adversarial training, overfit less: Gowal et al. 2020 and Rebuffi et al. 2021 keep such an average).
 
     Buffers (BatchNorm's running statistics) are averaged like the weights, as
-    ``torch.optim.swa_utils.AveragedModel(use_buffers=True)`` does; integer buffers keep their last value.
-    The running mean and its count are the objective's state, checkpointed after every epoch, so a resumed run
-    averages the same epochs.
+    ``torch.optim.swa_utils.AveragedModel(use_buffers=True)`` does, not recomputed on the training data
+    (``update_bn``, as the SWA paper does): exact for models without BatchNorm (``quick``'s and ``fashion``'s),
+    an approximation for the ResNets. Integer buffers keep their last value. The running mean and its count are
+    the objective's state, checkpointed after every epoch, so a resumed run averages the same epochs. ``epochs``
+    must be the number ``fit`` trains (a longer fit is refused at the epoch past it); the per-epoch held-out
+    metrics and the best checkpoint are of the running weights, except the last epoch's, which are the
+    average's.
     """
 
     epochs: int
@@ -284,6 +288,9 @@ class Averaged:
     @torch.no_grad()
     def end_epoch(self, model: nn.Module) -> dict:
         self._done += 1
+        if self._done > self.epochs:
+            raise ValueError(f"Averaged(epochs={self.epochs}) was asked to end epoch {self._done}: the model already "
+                             f"became the average; give Averaged the number of epochs fit trains")
         if self._done > self.start:
             now = {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
             if self._mean is None:

@@ -88,6 +88,13 @@ def _ours_constrained(p, run) -> dict:
     return {"objective": Constrained.for_theta_std(run["theta_std"], (sub.float_x(), sub.y), lam_lr=p.lam_lr)}
 
 
+def _constant_rate(p) -> None:
+    _concat_only(p)
+    if p.ft_lr_schedule != "constant":
+        raise RobustlibError(f"ours-swa averages the weights along the fine-tune, which SWA does at a constant rate; "
+                             f"ft_lr_schedule={p.ft_lr_schedule!r}: set it to 'constant'")
+
+
 def _ours_averaged(p, run) -> dict:
     """The recipe with SWA (:class:`~robustlib.losses.Averaged`) over the second half of the fine-tune's epochs."""
     return {"objective": Averaged(p.ft_epochs, p.ft_epochs // 2, clean_weight=p.ft_replay_ratio)}
@@ -106,9 +113,10 @@ METHODS: dict[str, Method] = {
     "ours-constrained": Method("constrained", "dra", finetune=True, setup=_ours_constrained, check=_concat_only),
     # issue 16's variants of the recipe, judged on the frontier (notebook 06): the fine-tune's schedule and start,
     # with TRADES' objective (CE(x) + 1/λ KL(f(x) || f(x')), x' = DRA maximising the KL: Table V's TRADES + DRA,
-    # inside the paper's recipe) at the profile's first TRADES 1/λ; and with weight averaging (SWA)
+    # inside the paper's recipe) at the profile's first TRADES 1/λ, its own objective in place of the replay (it
+    # reads neither ft_replay nor ft_replay_ratio); and with weight averaging (SWA, losses.Averaged)
     "ours-trades": Method("trades", "dra", finetune=True, beta=lambda p: p.trades_betas[0]),
-    "ours-swa": Method("averaged", "dra", finetune=True, setup=_ours_averaged, check=_concat_only),
+    "ours-swa": Method("averaged", "dra", finetune=True, setup=_ours_averaged, check=_constant_rate),
 }
 
 
@@ -275,7 +283,9 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
     ``cfg.variant(...)``), ``method``, optionally ``adversary`` and ``beta``, and any other keys, which are
     copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
-    again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded.
+    again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded. A row's
+    own ``retrain`` key (True or False) overrides that choice for it (:func:`robustlib.frontier.sweep` marks the
+    untagged runs notebook 03 does not make).
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
     gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``
@@ -292,7 +302,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             name, cfg, method = extra.pop("name"), extra.pop("cfg"), extra.pop("method")
             adversary, beta = extra.pop("adversary", None), extra.pop("beta", None)
             key = (cfg.tag, method, adversary, beta, seed)
-            again = retrain and bool(cfg.tag) and method != "vanilla" and key not in retrained
+            own = extra.pop("retrain", bool(cfg.tag))      # a row may say whether it is this grid's own run
+            again = retrain and own and method != "vanilla" and key not in retrained
             retrained.add(key)
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
                                retrain=again)

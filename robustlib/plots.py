@@ -177,8 +177,11 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
                             fontsize=7, color=colours[family])
         for k, family in enumerate(f for f in markers if f in set(per_seed["family"])):
             m = 100 * per_seed[per_seed["family"] == family][["natural", col]].mean()
-            ax.scatter(m[col], m["natural"], marker="*" if k == 0 else "X", s=200 if k == 0 else 70,
-                       color="0.1" if k == 0 else "0.6", zorder=5 if k == 0 else 4, label=family)
+            if k == 0:      # the control: a hollow star, so that the vanilla model shows through where they meet
+                ax.scatter(m[col], m["natural"], marker="*", s=260, facecolors="none", edgecolors="0.1", linewidths=1.4,
+                           zorder=5, label=family)
+            else:
+                ax.scatter(m[col], m["natural"], marker="X", s=60, color="0.45", zorder=6, label=family)
             if family == markers[0]:
                 ax.axhline(m["natural"] - 100 * margin, ls="--", lw=1, color="0.4",
                            label=f"{family} − {100 * margin:g} point")

@@ -135,10 +135,11 @@ class Profile:
     backbones: tuple[str, ...] = ()   # Table IV: "model" or "model/width", smallest first ("resnet18/8")
     ablation_seeds: tuple[int, ...] = (0,)
     # the accuracy-robustness frontier (robustlib.frontier): each method's knob values, from the same theta_std
-    frontier_trades_betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)   # TRADES' 1/λ
-    frontier_eps_scales: tuple[float, ...] = (0.25, 0.5, 1.0)         # Madry's and MART's training ε / main_eps
+    frontier_trades_betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 6.0)   # TRADES' 1/λ
+    frontier_eps_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)         # Madry's and MART's training ε / main_eps
     frontier_dra_scales: tuple[float, ...] = (0.5, 1.0, 2.0)          # the fine-tune's DRA budgets (max and min) x
     frontier_variants: tuple[str, ...] = ("ours-trades", "ours-swa")  # the recipe's variants on the frontier
+    frontier_goal_eps: str | float | None = None   # the radius of issue 16's target (None: main_eps); one of eval_eps
     smoke: bool = False
 
     def __post_init__(self):
@@ -174,9 +175,11 @@ class Profile:
         notebooks read main_eps' column of the tables). Not asked of an ablation's variant, whose main_eps is
         only its training adversary's radius (notebook 04's equal-strength PGD)."""
         evaluated = [parse_eps(e)[1] for e in self.eval_eps]
-        if parse_eps(self.main_eps)[1] not in evaluated:
-            raise ValueError(f"profile field main_eps={self.main_eps!r} is invalid: expected one of eval_eps "
-                             f"({', '.join(evaluated)}), written the same way; add it to eval_eps or pick one of them")
+        for name in ("main_eps", "frontier_goal_eps"):
+            value = getattr(self, name)
+            if value is not None and parse_eps(value)[1] not in evaluated:
+                raise ValueError(f"profile field {name}={value!r} is invalid: expected one of eval_eps "
+                                 f"({', '.join(evaluated)}), written the same way; add it to eval_eps or pick one of them")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -193,9 +196,11 @@ class Profile:
             ft_epochs=2,
             seeds=self.seeds[:1],
             ablation_seeds=self.ablation_seeds[:1],
-            frontier_trades_betas=self.frontier_trades_betas[:2],
-            frontier_eps_scales=self.frontier_eps_scales[-2:],
-            frontier_dra_scales=self.frontier_dra_scales[:2],
+            # the frontier's code paths at the least training: one new TRADES value, the baselines' own radius
+            # (notebook 03's runs), the smallest DRA budget for Ours and each variant
+            frontier_trades_betas=self.frontier_trades_betas[:1],
+            frontier_eps_scales=tuple(s for s in self.frontier_eps_scales if s == 1) or self.frontier_eps_scales[:1],
+            frontier_dra_scales=self.frontier_dra_scales[:1],
             backbones=tuple(_narrow(b) for b in self.backbones[:2]),
             autoattack_limit=min(self.autoattack_limit, 8),
             width=min(self.width, 4) if self.width else self.width,     # ResNet-50 at width 4: seconds per epoch
@@ -319,6 +324,7 @@ RULES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "frontier_trades_betas": (_each(_gt(0)), "a non-empty list of finite floats > 0, e.g. [0.1, 1.0]"),
     "frontier_eps_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times main_eps), e.g. [0.5, 1.0]"),
     "frontier_dra_scales": (_each(_gt(0)), "a non-empty list of finite floats > 0 (times the DRA budgets), e.g. [1.0, 2.0]"),
+    "frontier_goal_eps": (lambda v: v is None or _eps(v), "None or an eps in (0, 1] that is one of eval_eps, e.g. '0.03'"),
     "frontier_variants": (_each(_one_of(*FRONTIER_VARIANTS), non_empty=False),
                           f"a list of the recipe's variants, each one of {', '.join(FRONTIER_VARIANTS)} (may be empty)"),
     "smoke": (_anything, "true or false"),
@@ -421,6 +427,7 @@ PROFILES: dict[str, Profile] = {
             autoattack_attacks=("apgd-ce", "apgd-t"),   # as on quick: the full four take too long on a CPU
             val_size=2000,
             main_eps="0.1",                   # TRADES' Fashion-MNIST radius
+            frontier_goal_eps="0.03",         # issue 16's target: TRADES 1/λ = 1's robustness at eps = 0.03
             dra_steps=5, at_steps=5,          # the paper's CIFAR-10 T; a DRA epoch costs ~T+2 clean epochs
             # a CPU budget: every fine-tune (and the control and baselines from theta_std) sees a fixed
             # 10,000-image subset of the training split for 6 epochs; theta_std was trained on all of it

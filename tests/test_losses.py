@@ -290,3 +290,13 @@ def test_the_averaged_fine_tune_ends_as_the_mean_of_its_last_epochs_and_resumes_
         assert torch.allclose(v, averaged.state_dict()[k], atol=1e-6), k
     with pytest.raises(ValueError, match="must start at an epoch from 0 to epochs - 1"):
         Averaged(4, 4)
+    longer, loader, adv = _swa_setting()
+    with pytest.raises(ValueError, match=r"Averaged\(epochs=2\) was asked to end epoch 3"):
+        fit(longer, loader, epochs=3, lr=0.05, objective=Averaged(2, 0), adversary=adv, progress=False)
+
+
+def test_the_averaged_fine_tune_needs_a_constant_rate(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True,
+                          overrides={"ft_lr_schedule": "cosine"})
+    with pytest.raises(robustlib.RobustlibError, match="SWA does at a constant rate"):
+        train_method(cfg, "ours-swa", progress=False)

@@ -199,6 +199,12 @@ def test_the_frontier_claim(digits):
     v = report.claim_frontier(lost, digits)
     assert v.verdict == FAILS and "at none of its DRA budgets" in v.numbers
     assert report.claim_frontier({}, digits).verdict == UNTESTED
+    assert report.claim_frontier(chosen(ours=(0.99, None)), digits).verdict == UNTESTED        # no Ours row at all
+    v = report.claim_frontier(chosen(madry=(0.99, None)) | {"06_frontier_chosen.csv": pd.concat([
+        chosen()["06_frontier_chosen.csv"].query("method != 'Madry'"),
+        pd.DataFrame([["Madry", 0, float("nan"), float("nan"), 10_000]], columns=["method", "seed", "natural", "pgd@0.1", "images"])])},
+        digits)
+    assert "Madry: no run at the control's held-out clean accuracy" in v.numbers
 
 
 def test_every_claim_has_a_documented_rule():
