@@ -196,11 +196,12 @@ class Profile:
             ft_epochs=2,
             seeds=self.seeds[:1],
             ablation_seeds=self.ablation_seeds[:1],
-            # the frontier's code paths at the least training: one new TRADES value, the baselines' own radius
-            # (notebook 03's runs), the smallest DRA budget for Ours and each variant
+            # the frontier's code paths at the least training: one TRADES value, the baselines' own radius and
+            # the fine-tune's own budget (notebook 03's runs, where the profile's baselines start from theta_std),
+            # and each variant at that budget
             frontier_trades_betas=self.frontier_trades_betas[:1],
             frontier_eps_scales=tuple(s for s in self.frontier_eps_scales if s == 1) or self.frontier_eps_scales[:1],
-            frontier_dra_scales=self.frontier_dra_scales[:1],
+            frontier_dra_scales=tuple(s for s in self.frontier_dra_scales if s == 1) or self.frontier_dra_scales[:1],
             backbones=tuple(_narrow(b) for b in self.backbones[:2]),
             autoattack_limit=min(self.autoattack_limit, 8),
             width=min(self.width, 4) if self.width else self.width,     # ResNet-50 at width 4: seconds per epoch

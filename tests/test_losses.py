@@ -244,11 +244,12 @@ def test_a_default_beta_and_the_same_explicit_beta_are_the_same_run(tmp_path):
     assert torch.equal(train_method(more, "trades", progress=False)["model"](x), first["model"](x))
 
 
-def _swa_setting():
+def _swa_setting(bn=False):
     torch.manual_seed(0)
     x, y = torch.rand(48, 1, 8, 8), torch.randint(0, 3, (48,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), *([nn.BatchNorm1d(16)] if bn else []), nn.ReLU(),
+                          nn.Linear(16, 3))
     adv = Adversary("dra", eps=EpsSchedule(2.0, 0.5, 4), steps=2, p=1 / 3)
     return model, loader, adv
 
@@ -293,6 +294,19 @@ def test_the_averaged_fine_tune_ends_as_the_mean_of_its_last_epochs_and_resumes_
     longer, loader, adv = _swa_setting()
     with pytest.raises(ValueError, match=r"Averaged\(epochs=2\) was asked to end epoch 3"):
         fit(longer, loader, epochs=3, lr=0.05, objective=Averaged(2, 0), adversary=adv, progress=False)
+
+
+def test_the_average_covers_batchnorm_statistics_and_keeps_integer_buffers():
+    from robustlib.losses import Averaged
+    seen = []
+    plain, loader, adv = _swa_setting(bn=True)
+    fit(plain, loader, epochs=3, lr=0.05, objective="finetune", adversary=adv, progress=False,
+        evaluate=lambda m: seen.append({k: v.clone() for k, v in m.state_dict().items()}) or {})
+    averaged, loader, adv = _swa_setting(bn=True)
+    fit(averaged, loader, epochs=3, lr=0.05, objective=Averaged(3, 0), adversary=adv, progress=False)
+    state = averaged.state_dict()
+    assert torch.allclose(state["2.running_var"], sum(w["2.running_var"] for w in seen) / 3, atol=1e-6)
+    assert torch.equal(state["2.num_batches_tracked"], seen[-1]["2.num_batches_tracked"])   # an integer: the last
 
 
 def test_the_averaged_fine_tune_needs_a_constant_rate(tmp_path):
