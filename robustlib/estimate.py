@@ -31,7 +31,7 @@ from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
 from .evaluate import PAPER_STEPS, run_attack
 from .losses import Adversary, EpsSchedule
-from .methods import METHODS, _objective, make_adversary, run_name
+from .methods import METHODS, _objective, make_adversary, run_name, table_i_betas
 from .models import FoldedBatchNorm, build_model, model_spec
 from .profiles import Profile, Recorder, parse_eps
 from .train import build_fast, fast_plan, fit, resolve_precision, vanilla_name
@@ -156,7 +156,7 @@ def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: 
 def _notebook_00(c: _Counter) -> None:
     cfg, p = c.cfg, c.cfg.profile
     c.add("00", "the 2-D toy problem (Fig. 1)", (TOY,), 1)
-    betas = sorted(set(p.trades_betas) | ({3.0} if not p.smoke else set()))
+    betas = table_i_betas(p)
     c.method("00", cfg, "vanilla", p.seed)
     for b in betas:
         c.method("00", cfg, "trades", p.seed, beta=b)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import verdicts
 from .io import RobustlibError
-from .profiles import parse_eps
+from .profiles import Recorder, parse_eps
 
 CONTROL = "Control"
 VANILLA = "Vanilla"            # drawn as a marker, never selected: theta_std is where every run starts
@@ -48,7 +48,8 @@ def sweep(cfg) -> list[dict]:
     ``frontier_eps_scales`` times ``main_eps`` for Madry and MART; ``frontier_dra_scales`` times both DRA
     budgets for the fine-tune and for each of the profile's ``frontier_variants``, :data:`VARIANTS`). Each row
     carries ``family`` (the method), ``knob`` (what was swept) and ``value``; a value equal to the profile's
-    own setting is the profile's own run (notebook 03's), loaded, not trained again; ``reused`` says which, and
+    own setting is the profile's own run (notebook 03's, or notebook 00's for its TRADES values), loaded, not
+    trained again; ``reused`` says which, and
     ``retrain`` marks the others, which ``train_grid(retrain=True)`` trains again. Every run starts from the
     same theta_std: where the profile trains its baselines from scratch (``baseline_init``), the frontier's
     TRADES, Madry and MART rows are fine-tuned from theta_std instead, under the tag ``fromstd``."""
@@ -74,9 +75,13 @@ def sweep(cfg) -> list[dict]:
                                                    ft_eps_min=p.ft_eps_min * scale)
             rows.append(dict(name=f"{family}, DRA ε_max = {p.ft_eps_max * scale:g}", cfg=c, method=method,
                              family=family, knob="DRA ε_max", value=float(p.ft_eps_max * scale)))
-    for r in rows:      # notebook 02's or 03's run (loaded), or one this notebook trains (and retrains, if asked)
+    from .methods import METHODS, table_i_betas     # here: methods imports much that frontier does not need
+    for v in p.frontier_variants:           # refuse a variant the profile cannot train before anything trains
+        if METHODS[v].check:
+            METHODS[v].check(Recorder(p))
+    for r in rows:      # an earlier notebook's run (loaded), or one this notebook trains (and retrains, if asked)
         r["reused"] = r["cfg"] is cfg and r["method"] in NOTEBOOK_03 and (r["method"] != "trades"
-                                                                          or r["beta"] in p.trades_betas)
+                                                                          or r["beta"] in table_i_betas(p))
         r["retrain"] = not r["reused"]
     return rows
 
@@ -102,6 +107,13 @@ def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_
         raise RobustlibError("the frontier table has several Control rows for one seed: make it with one row per "
                              "run and seed (methods.train_grid over frontier.sweep(cfg))")
     floors = control.set_index("seed")[HELD_OUT + "natural"].astype(float) + margin
+    if floors.isna().any():
+        raise RobustlibError(f"the control has no held-out clean accuracy for seed(s) "
+                             f"{', '.join(map(str, floors.index[floors.isna()]))}: evaluate it with train_grid(heldout=...)")
+    absent = sorted(set(per_seed["seed"]) - set(floors.index))
+    if absent:
+        raise RobustlibError(f"the frontier table has no Control row for seed(s) {', '.join(map(str, absent))}: each "
+                             "seed's choice needs its own control")
     out = [control.assign(method=CONTROL)]
     for family in dict.fromkeys(per_seed["family"]):
         if family in (CONTROL, VANILLA):
@@ -119,23 +131,36 @@ def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_
     return pd.concat(out, ignore_index=True)
 
 
+def lead_column(chosen: pd.DataFrame, robust: str) -> str:
+    """The column the lead is read on: ``heldout <robust>``, else the one held-out robust column the selection
+    was made on (another radius), else ``robust`` itself (on the test images: then the lead is not a choice
+    made before the test)."""
+    if HELD_OUT + robust in chosen.columns:
+        return HELD_OUT + robust
+    held = [c for c in chosen.columns if c.startswith(HELD_OUT + "pgd")]
+    return held[0] if len(held) == 1 else robust
+
+
 def verdict(chosen: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_LOWER) -> dict:
     """The frontier statement on the runs :func:`select` chose: the leading method, the one most robust on
-    average *on the held-out split* (``heldout <robust>``; where the table has no such column, the held-out
-    selection was made at another radius and the lead is read on ``robust`` itself), then on the test images
+    average *on the held-out split* (:func:`lead_column`; among the methods with a chosen run on the most
+    seeds), then on the test images
     its difference from every other method (paired by seed; the verdict rule), and each method's clean
     accuracy against the control's (non-inferiority at ``margin``). Returns ``best``, ``against``
     (method -> Comparison, the best minus it on ``robust``), ``kept`` (method -> Comparison, natural minus the
-    control's) and ``missing`` (methods with a seed where no run kept the control's held-out accuracy). Where no
-    method has such a run at all, ``best`` is None and the comparisons are empty."""
+    control's), ``missing`` (methods with a seed where no run kept the control's held-out accuracy) and ``lead``
+    (the column the lead was read on). Where no method has such a run at all, ``best`` is None and the
+    comparisons are empty."""
     lost = sorted(chosen.loc[chosen[robust].isna() & (chosen["method"] != CONTROL), "method"].unique())
     chosen = chosen.dropna(subset=[robust])
-    lead = HELD_OUT + robust if HELD_OUT + robust in chosen.columns else robust
-    means = chosen[chosen["method"] != CONTROL].groupby("method", sort=False)[lead].mean()
+    lead = lead_column(chosen, robust)
+    runs = chosen[chosen["method"] != CONTROL]
+    means = runs.groupby("method", sort=False)[lead].mean()
     if means.empty:          # a finding, not an error: every method bought its robustness with accuracy
-        return {"best": None, "against": {}, "kept": {}, "missing": lost}
-    best = means.idxmax()
-    return {"best": best,
+        return {"best": None, "against": {}, "kept": {}, "missing": lost, "lead": lead}
+    seeds = runs.groupby("method", sort=False)["seed"].nunique()
+    best = means[seeds == seeds.max()].idxmax()      # a method that kept the accuracy on fewer seeds cannot lead
+    return {"best": best, "lead": lead,
             "against": {m: verdicts.between(chosen, best, m, robust) for m in means.index if m != best},
             "kept": {m: verdicts.between(chosen, m, CONTROL, "natural", margin=margin) for m in means.index},
             "missing": lost}
@@ -164,11 +189,15 @@ def reading(chosen: pd.DataFrame, robust: str, *, words: str | None = None, marg
     best, kept = v["best"], chosen.dropna(subset=[robust])
     mean = 100 * kept[kept["method"] == best][robust].mean()
     ahead = [m for m, c in v["against"].items() if c.verdict == verdicts.HOLDS]
-    tied = [m for m, c in v["against"].items() if c.verdict == verdicts.INCONCLUSIVE]
+    tied = [m for m, c in v["against"].items() if c.verdict == verdicts.INCONCLUSIVE and c.seeds > 0]
     behind = [m for m, c in v["against"].items() if c.verdict == verdicts.FAILS]
     lost = v["kept"][best].verdict == verdicts.FAILS
-    head = (f"**{best} leads** ({mean:.1f}% {words} on the test images; the lead is read on the held-out split, "
-            "where each method's knob was chosen)"
+    where = ("the lead is read on the held-out split, where each method's knob was chosen"
+             if v["lead"] == HELD_OUT + robust else
+             f"the lead is read on the held-out split at ε = {v['lead'].split('@', 1)[-1]}, where each knob was chosen"
+             if v["lead"].startswith(HELD_OUT) else
+             "the lead is read on these same test images, so it is not a choice made before the test")
+    head = (f"**{best} leads** ({mean:.1f}% {words} on the test images; {where})"
             + (", although on the test images its clean accuracy is below the control's beyond the half-point margin"
                if lost else "") + ". On the test images it is "
             + "; ".join(part for part in (f"more robust than {', '.join(ahead)} beyond the noise" if ahead else "",
@@ -196,14 +225,16 @@ def reading(chosen: pd.DataFrame, robust: str, *, words: str | None = None, marg
     return "\n".join(lines)
 
 
-def goal(per_seed: pd.DataFrame, chosen: pd.DataFrame, robust: str, *, reference=("TRADES", 1.0),
-         within: float = 0.01, words: str | None = None) -> dict:
-    """How close the fine-tune and its variants (methods named ``Ours…``) come to issue 16's target: the
-    control's clean accuracy (not more than ``within`` below it) with the robustness at ``robust`` of the
-    ``reference`` run (family, knob value; TRADES at 1/λ = 1), on the test means of the runs :func:`select`
-    chose. A description, not a verdict. Returns ``table`` (one row per method, the baselines for comparison:
-    clean minus the control, robust, robust minus the reference, in points, and for the fine-tunes whether both
-    targets are met), ``reading`` (Markdown) and ``summary`` (one sentence)."""
+def goal(per_seed: pd.DataFrame, robust: str, *, reference=("TRADES", 1.0), within: float = 0.01,
+         words: str | None = None) -> dict:
+    """How close the fine-tune and its variants (families named ``Ours…``) come to issue 16's target: one model
+    with the control's clean accuracy (not more than ``within`` below it) and at least the robustness at
+    ``robust`` of the ``reference`` run (family, knob value; TRADES at 1/λ = 1). A description on the test means
+    over seeds, not a verdict: for each method, the knob value whose mean clean accuracy is within ``within`` of
+    the control's and whose mean ``robust`` is highest, chosen on the test images, so it flatters every method
+    alike. Returns ``table`` (one row per method, the baselines for comparison: the value, clean minus the
+    control, robust, robust minus the reference, and for the fine-tunes whether both targets are met),
+    ``reading`` (Markdown) and ``summary`` (one sentence)."""
     family, value = reference
     ref = per_seed[(per_seed["family"] == family) & (per_seed["value"] == value)]
     knob = str(ref["knob"].iloc[0]) if "knob" in ref and len(ref) else "knob"
@@ -212,42 +243,50 @@ def goal(per_seed: pd.DataFrame, chosen: pd.DataFrame, robust: str, *, reference
         text = (f"The target needs {family} at {value:g} among the frontier's runs, evaluated at {words}, which this "
                 "profile does not sweep; add it to the profile's knob values to measure it.")
         return {"table": pd.DataFrame(), "reading": text, "summary": text}
-    kept = chosen.dropna(subset=[robust])
-    control = kept.loc[kept["method"] == CONTROL, "natural"].mean()
-    means = kept[kept["method"] != CONTROL].groupby("method", sort=False)[["natural", robust]].mean()
-    ours = [m for m in means.index if str(m).startswith("Ours")]
-    if not ours:
-        text = ("Neither the fine-tune nor a variant has a run at the control's clean accuracy, so none comes near "
-                "the target.")
-        return {"table": pd.DataFrame(), "reading": text, "summary": text}
-    target = ref[robust].mean()
+    means = per_seed.groupby(["family", "value"], sort=False, dropna=False)[["natural", robust]].mean().reset_index()
+    control = means.loc[means["family"] == CONTROL, "natural"].mean()
+    target, ref_clean = ref[robust].mean(), ref["natural"].mean()
+    rows = []
+    for fam in (f for f in dict.fromkeys(means["family"]) if f not in (CONTROL, VANILLA)):
+        near = means[(means["family"] == fam) & (means["natural"] >= control - within - 1e-12)]
+        if near.empty:
+            rows.append({"method": fam, "value": math.nan})
+            continue
+        best = near.sort_values([robust, "natural"], ascending=False).iloc[0]
+        rows.append({"method": fam, "value": best["value"], "natural": best["natural"], robust: best[robust]})
+    table = pd.DataFrame(rows, columns=["method", "value", "natural", robust])
     gap = f"minus {named} (points)"
-    table = pd.DataFrame({"clean minus control (points)": (100 * (means["natural"] - control)).round(1),
-                          f"{words} (%)": (100 * means[robust]).round(1),
-                          gap: (100 * (means[robust] - target)).round(1)})
-    met = (means["natural"] >= control - within - 1e-12) & (means[robust] >= target)
-    table["target met"] = [("yes" if met[m] else "no") if m in ours else "(a baseline)" for m in means.index]
-    table = table.reset_index()
-    fine = table[table["method"].isin(ours)]
-    closest = fine.sort_values(gap, ascending=False).iloc[0]
-    hit = fine.loc[fine["target met"] == "yes", "method"].tolist()
-    ref_clean = ref["natural"].mean()
-    head = (f"**The target** (test means; a description, not a verdict): one fine-tuned model with clean accuracy at "
-            f"least the control's {100 * control:.1f}% minus {100 * within:g} point, and {words} at least that of "
-            f"{named}, {100 * target:.1f}% (whose own clean accuracy is {100 * ref_clean:.1f}%"
+    out = pd.DataFrame({"method": table["method"], "value": table["value"],
+                        "clean minus control (points)": (100 * (table["natural"] - control)).round(1),
+                        f"{words} (%)": (100 * table[robust]).round(1),
+                        gap: (100 * (table[robust] - target)).round(1)})
+    ours = out["method"].astype(str).str.startswith("Ours")
+    met = out[gap].ge(0) & out["clean minus control (points)"].notna()
+    out["target met"] = [("yes" if m else "no") if o else "(a baseline)" for m, o in zip(met, ours)]
+    fine = out[ours & out[gap].notna()]
+    head = (f"**The target** (a description on the test means, not a verdict): one fine-tuned model with clean "
+            f"accuracy at least the control's {100 * control:.1f}% minus {100 * within:g} point, and {words} at least "
+            f"that of {named}, {100 * target:.1f}% (whose own clean accuracy is {100 * ref_clean:.1f}%"
             + (", itself within the target's point of the control: on this profile the baseline already has both"
-               if ref_clean >= control - within else "") + "). ")
-    body = (f"Met on the means by {', '.join(hit)}; a mean is not yet a verdict (section 4 says which differences "
-            "are beyond the noise)." if hit else
-            f"Neither the fine-tune nor a variant meets it. The closest is {closest['method']}, "
+               if ref_clean >= control - within else "") + "). For each method the table takes, among its knob "
+            f"values within {100 * within:g} point of the control's clean accuracy, the most robust on these test "
+            "images: a choice on the test images, which flatters every method alike. ")
+    if fine.empty:
+        body = "Neither the fine-tune nor a variant has a knob value within that point of the control's accuracy."
+        summary = f"the target (TRADES-level robustness at the control's accuracy): no fine-tune within {100 * within:g} point."
+        return {"table": out, "reading": head + body, "summary": summary}
+    hit = fine.loc[fine["target met"] == "yes", "method"].tolist()
+    closest = fine.sort_values(gap, ascending=False).iloc[0]
+    body = (f"Met by {', '.join(hit)}." if hit else
+            f"Neither the fine-tune nor a variant meets it. The closest is {closest['method']} (at {closest['value']:g}), "
             f"{closest[gap]:+.1f} points from the target robustness at {closest['clean minus control (points)']:+.1f} "
             "points of clean accuracy from the control.")
     summary = (f"the target (the control's clean accuracy within {100 * within:g} point, and {named}'s "
-               f"{100 * target:.1f}% {words}) is " + (f"met on the means by {', '.join(hit)}" if hit else
+               f"{100 * target:.1f}% {words}) is " + (f"met by {', '.join(hit)}" if hit else
                                                       "met by neither the fine-tune nor a variant")
-               + "; " + ", ".join(f"{r['method']} {r[gap]:+.1f}" for _, r in fine.iterrows())
+               + " on the test means; " + ", ".join(f"{r['method']} {r[gap]:+.1f}" for _, r in fine.iterrows())
                + " points from its robustness.")
-    return {"table": table, "reading": head + body, "summary": summary}
+    return {"table": out, "reading": head + body, "summary": summary}
 
 
 def budget_reading(family: pd.DataFrame, robust: str, *, words: str | None = None, reference: str = "Ours") -> str:

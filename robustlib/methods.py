@@ -100,6 +100,14 @@ def _ours_averaged(p, run) -> dict:
     return {"objective": Averaged(p.ft_epochs, p.ft_epochs // 2, clean_weight=p.ft_replay_ratio)}
 
 
+TABLE_I_BETAS = (3.0,)   # notebook 00's TRADES sweep (Table I) adds these 1/λ to the profile's, outside smoke
+
+
+def table_i_betas(p) -> list[float]:
+    """Notebook 00's TRADES 1/λ values: the profile's ``trades_betas`` and, outside smoke, :data:`TABLE_I_BETAS`."""
+    return sorted(set(p.trades_betas) | (set() if p.smoke else set(TABLE_I_BETAS)))
+
+
 RANDOM_START = {"pgd": {"random_start": True}}    # Madry et al.; TRADES and MART start at x + 0.001 N(0, 1)
 
 METHODS: dict[str, Method] = {

@@ -150,13 +150,15 @@ def scatter_tradeoff(df: pd.DataFrame, *, x: str, y: str, hue: str, title: str, 
 
 
 def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: str, margin: float = 0.005,
-             markers=("Control", "Vanilla")):
+             markers=("Control", "Vanilla"), window: float = 0.05):
     """The accuracy–robustness frontier: natural accuracy (y) against ``robust`` (x), in percent, one curve per
     method (``family``) through its knob values (``value``, in the order of the knob), each point the mean over
     seeds with ±1 sd whiskers and its knob value written beside it; the ``markers`` families (the control,
     the vanilla model) as single stars; a dashed line ``margin`` below the control's clean accuracy, the floor
     of the frontier verdict (:mod:`robustlib.frontier`). ``robust``: a column, or several (one panel each,
-    side by side, sharing the y axis)."""
+    side by side, sharing the y axis). Where some points lie more than ``window`` below the control's clean
+    accuracy, the axes zoom on the others, where the frontier question is asked, and name those points under
+    the figure rather than squeeze the rest."""
     columns = [robust] if isinstance(robust, str) else list(robust)
     fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns) + 2.2, 5.0), sharey=True, squeeze=False)
     families = [f for f in dict.fromkeys(per_seed["family"]) if f not in markers]
@@ -188,11 +190,25 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
         at = f"at ε = {col.split('@', 1)[1]}" if "@" in col else col
         ax.set(xlabel=f"robust accuracy {at} (%)", ylabel="natural accuracy (%)" if ax is axes[0][0] else "")
         ax.grid(alpha=0.3)
+    means = per_seed.groupby(["family", "value"], dropna=False)[["natural", *columns]].mean() * 100
+    if markers[0] in set(per_seed["family"]):
+        low = 100 * (per_seed.loc[per_seed["family"] == markers[0], "natural"].mean() - window)
+        below, shown = means[means["natural"] < low], means[means["natural"] >= low]
+        if len(below):      # zoom on the points within the window: the others are named, not drawn off-scale
+            axes[0][0].set_ylim(shown["natural"].min() - 0.3, shown["natural"].max() + 0.3)
+            for ax, col in zip(axes[0], columns):
+                pad = max(1.0, 0.05 * (shown[col].max() - shown[col].min()))
+                ax.set_xlim(shown[col].min() - pad, shown[col].max() + pad)
+            knob_of = per_seed.drop_duplicates("family").set_index("family").get("knob", pd.Series(dtype=str))
+            fig.text(0.01, 0.005, "below the axis: " + "; ".join(
+                f"{f}" + (f" {knob_of.get(f, '')} = {v:g}" if v == v else "") + f" ({m:.1f}% clean)"
+                for (f, v), m in below["natural"].items()), fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
     ax = axes[0][-1]
     knobs = (per_seed.drop_duplicates("family").set_index("family")["knob"] if "knob" in per_seed
              else pd.Series(dtype=str))
     handles, labels = ax.get_legend_handles_labels()
-    labels = [f"{lab} (points: {knobs[lab]})" if lab in knobs and knobs[lab] else lab for lab in labels]
+    labels = [f"{lab} (points: {knobs[lab]})" if lab in knobs and isinstance(knobs[lab], str) and knobs[lab] else lab
+              for lab in labels]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.suptitle(title)
     return finish(fig, run_dir, name)

@@ -64,10 +64,11 @@ def test_bad_tables_are_one_line_errors():
     with pytest.raises(RobustlibError, match="no Control rows"):
         frontier.select(table([("Ours", 4.0, 0, 0.95, 0.3, 0.94, 0.5)]), ROB)
     lost = frontier.select(table(CONTROL + [("Ours", 4.0, 0, 0.5, 0.3, 0.5, 0.5)]), ROB)    # a finding, not an error
-    assert frontier.verdict(lost, ROB) == {"best": None, "against": {}, "kept": {}, "missing": ["Ours"]}
+    assert frontier.verdict(lost, ROB) == {"best": None, "against": {}, "kept": {}, "missing": ["Ours"],
+                                           "lead": "heldout " + ROB}
     assert frontier.reading(lost, ROB).startswith("**No method kept the control's clean accuracy**")
-    g = frontier.goal(table(CONTROL + [("TRADES", 1.0, 0, 0.5, 0.7, 0.5, 0.7)]), lost, ROB)
-    assert g["table"].empty and g["reading"].startswith("Neither the fine-tune nor a variant has a run")
+    g = frontier.goal(table(CONTROL + [("TRADES", 1.0, 0, 0.5, 0.7, 0.5, 0.7)]), ROB)
+    assert "Neither the fine-tune nor a variant has a knob value within that point" in g["reading"]
 
 
 def test_the_sweep_lists_each_methods_knob_and_reuses_the_profiles_own_runs(tmp_path):
@@ -84,7 +85,7 @@ def test_the_sweep_lists_each_methods_knob_and_reuses_the_profiles_own_runs(tmp_
            if r["cfg"] is cfg and r["family"] in ("Madry", "MART", "Ours")}
     assert own == {("Madry", 0.1), ("MART", 0.1), ("Ours", 6.0)}          # the profile's settings: nb03's runs
     assert by["family"].iloc[:2].tolist() == ["Vanilla", "Control"]
-    assert by.loc[by.family == "TRADES", "retrain"].tolist() == [False, True, False, True, True]   # nb03: 0.1, 1
+    assert by.loc[by.family == "TRADES", "retrain"].tolist() == [False, True, False, False, True]  # nb03 0.1, 1; nb00 3
     assert not by["retrain"].iloc[:2].any() and by.loc[by.family.str.startswith("Ours +"), "retrain"].all()
     # a profile whose baselines train from scratch: the frontier fine-tunes them from theta_std, as variants
     paper = frontier.sweep(robustlib.setup("paper-mnist", device="cpu", run_dir=str(tmp_path / "p"), smoke=False))
@@ -124,3 +125,27 @@ def test_a_variant_is_read_against_ours_at_the_same_budget():
     assert "at 1: pgd@0.1 +10.1" in text
     same = [r[:4] + (0.30 + 0.1 * r[1],) + r[5:] if r[0] == "Ours + SWA" else r for r in rows]
     assert "No budget where a variant is more robust" in frontier.budget_reading(table(same), ROB)
+
+
+def test_the_target_takes_each_methods_best_value_within_a_point_of_the_control():
+    rows = CONTROL + [(f, v, s, nat, rob, nat, rob) for s in (0, 1, 2)
+                      for f, v, nat, rob in (("TRADES", 1.0, 0.90, 0.70), ("Ours", 4.0, 0.945, 0.50),
+                                             ("Ours", 8.0, 0.90, 0.75), ("Ours + SWA", 4.0, 0.95, 0.72))]
+    g = frontier.goal(table(rows), ROB)
+    t = g["table"].set_index("method")
+    assert t.loc["Ours", "value"] == 4.0                     # 8 is more robust but 5 points below the control
+    assert t.loc["Ours", "minus TRADES at knob = 1 (points)"] == pytest.approx(-20.0)
+    assert t.loc["Ours + SWA", "target met"] == "yes" and t.loc["TRADES", "target met"] == "(a baseline)"
+    assert "Met by Ours + SWA." in g["reading"]
+
+
+def test_points_far_below_the_control_are_named_not_drawn(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from robustlib import plots
+    rows = CONTROL + [(f, v, s, nat, rob, nat, rob) for s in (0, 1, 2)
+                      for f, v, nat, rob in (("MART", 0.1, 0.94, 0.7), ("MART", 0.2, 0.26, 0.2))]
+    df = table(rows).assign(knob=lambda d: d["family"].map({"MART": "ε", "Control": ""}))
+    fig = plots.frontier(df, robust=[ROB], title="t", run_dir=tmp_path, name="frontier")
+    assert fig.axes[0].get_ylim()[0] == pytest.approx(93.7)       # zoomed on the points within 5 of the control's 95%
+    assert any("MART ε = 0.2 (26.0% clean)" in t.get_text() for t in fig.texts)
