@@ -399,7 +399,7 @@ PROFILES: dict[str, Profile] = {
             expected_gaps=("Ours - Vanilla natural-all >= -0.005", "Ours - Vanilla pgd-rs@0.1 >= 0.10"),
             eval_eps=("0.05", "0.1", "0.2"),
             autoattack_limit=100,
-            ft_epochs=10,         # 8 adversarial + 2 clean epochs: keeps notebooks 00-05 under 15 min on 2 cores
+            ft_epochs=10,         # 8 adversarial + 2 clean epochs: a CPU budget (the whole sequence in the README)
             # On Ours (seed 0, 120 images) FAB-T and Square broke no point that APGD-CE + APGD-T had left,
             # and took 35 of standard AutoAttack's 51 s; the paper profiles run all four.
             autoattack_attacks=("apgd-ce", "apgd-t"),
