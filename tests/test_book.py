@@ -140,7 +140,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path):
     assert (tmp_path / "mine" / "keep.txt").read_text() == "x" and not (tmp_path / "full" / "book").exists()
 
 
-def test_cli_says_what_to_run_first(tmp_path, capsys):
+def test_cli_says_what_to_run_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBUSTLIB_RUNS", str(tmp_path / "runs"))       # empty, whatever ran before on this worker
     assert main(["book", "--profile", "quick"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "no run directory" in lines[0]                    # the tests run in the smoke setting
