@@ -19,8 +19,9 @@ run: $(STAMP)  ## the notebook sequence on the offline default data (make run PR
 	$(PY) -m robustlib run --profile $(PROFILE) --device $(DEVICE)
 
 test: $(STAMP)  ## unit tests + nbval over every notebook in the smoke setting
-	ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q -n auto tests    # one worker per core (conftest.py)
-	ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q notebooks        # in order, in one process
+	@# tests/ on one worker per core (conftest.py), then the notebooks in order in one process; both always run
+	st=0; ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q -n logical --dist loadgroup tests || st=1; \
+	ROBUSTLIB_SMOKE=1 TQDM_DISABLE=1 $(PY) -m pytest -q notebooks || st=1; exit $$st
 
 lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as the kernel (git sees the notebooks stripped)
 	@git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbstripout --install \
