@@ -181,11 +181,15 @@ def main() -> None:
                     help="the fast paths (default: both on CUDA, off elsewhere); all: off, on without folding the "
                          "BatchNorms for the attacks, and on (with folding where the profile folds)")
     ap.add_argument("--methods", nargs="+", default=list(MUST), choices=list(MUST))
+    ap.add_argument("--precision", choices=list(PRECISIONS) + ["auto"],
+                    help="the fast paths' precision instead of the profile's (with channels_last)")
     ap.add_argument("--out", default="runs/bench/train.json")
     args = ap.parse_args()
     device = resolve_device(args.device)
     p = get_profile(args.profile)
     p = dataclasses.replace(p, **{k: v for k, v in (("model", args.model), ("width", args.width)) if v})
+    if args.precision:
+        p = dataclasses.replace(p, precision=args.precision, channels_last=True)
     if p.dra_budget == "paper":     # the reading changes a budget, not a step's cost
         p = dataclasses.replace(p, dra_budget="per_image")
     batch = args.batch or p.batch_size

@@ -294,7 +294,8 @@ def setup(
     ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``. ``create=False`` only resolves the
     paths (a cost estimate reads the run directory, never writes it). ``nproc`` (default ``$ROBUSTLIB_NPROC``
     or 1): the processes each run that must be trained is trained by, under torchrun (:mod:`robustlib.launch`);
-    the profile's batch stays the global batch.
+    the profile's batch stays the global batch. It sets the precision of the evaluation attacks' PGD iterates
+    for this process from the profile's ``attack_precision`` (:func:`robustlib.evaluate.set_attack_precision`).
 
     Example
     -------
@@ -324,6 +325,9 @@ def setup(
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
     if data_root in (None, ""):
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
+    from .evaluate import set_attack_precision
+    from .train import resolve_precision
+    set_attack_precision(resolve_precision(prof.attack_precision, dev))   # every evaluation in this process
     if not create:
         return RunConfig(prof, dev, Path(run_dir).expanduser().resolve(), Path(data_root).expanduser(), dict(overrides or {}),
                          nproc=nproc)

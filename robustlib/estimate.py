@@ -29,7 +29,7 @@ from .config import RunConfig
 from . import frontier
 from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
-from .evaluate import PAPER_STEPS, run_attack
+from .evaluate import PAPER_STEPS, _pgd_iterates, attack_precision, run_attack, set_attack_precision
 from .losses import Adversary, EpsSchedule
 from .methods import METHODS, _objective, make_adversary, run_name, table_i_betas
 from .models import FoldedBatchNorm, build_model, model_spec
@@ -52,7 +52,8 @@ class Work:
     """One item of a notebook's work: ``count`` units of kind ``unit``.
 
     unit : ``("train", model, method, batch)`` (count: training images, epochs x images per epoch),
-        ``("grad", model)`` (count: input-gradient passes x images), ``("forward", model)`` (images),
+        ``("grad", model)`` (count: input-gradient passes x images), ``("eval-pgd", model)`` (the same, in an
+        evaluation protocol's PGD, at the profile's ``attack_precision``), ``("forward", model)`` (images),
         ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1).
     """
 
@@ -87,8 +88,10 @@ class _Counter:
         if count > 0:
             self.items.append(Work(nb, what, unit, float(count)))
 
-    def attack(self, nb: str, what: str, model: tuple, images: int, grads: float, forwards: float = 1) -> None:
-        self.add(nb, what, ("grad", model), grads * images)
+    def attack(self, nb: str, what: str, model: tuple, images: int, grads: float, forwards: float = 1, *,
+               protocol: bool = False) -> None:
+        """``protocol``: the PGD of an evaluation protocol, whose iterates run at the profile's attack_precision."""
+        self.add(nb, what, ("eval-pgd" if protocol else "grad", model), grads * images)
         self.add(nb, f"{what} (predictions)", ("forward", model), forwards * images)
 
     def pretrain(self, nb: str, cfg: RunConfig, seed: int) -> None:
@@ -138,7 +141,7 @@ class _Counter:
 def _table(c: _Counter, nb: str, what: str, p: Profile, models: int, eps_list, images: int) -> None:
     """:func:`~robustlib.evaluate.evaluate_table`: natural, then the paper and pgd-rs protocols (PGD-20) at each eps."""
     per_model = len(eps_list) * 2 * PAPER_STEPS
-    c.attack(nb, what, _model_key(p), images, models * per_model, models * (1 + 2 * 2 * len(eps_list)))
+    c.attack(nb, what, _model_key(p), images, models * per_model, models * (1 + 2 * 2 * len(eps_list)), protocol=True)
 
 
 def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, attacks) -> None:
@@ -205,7 +208,8 @@ def _notebook_03(c: _Counter) -> None:
         _table(c, "03", f"methods table, seed {seed}", p, k, p.eval_eps, n)
         c.add("03", f"natural-all, seed {seed}", ("forward", model), k * c.n_test)
     aa = min(p.autoattack_limit, n)
-    c.attack("03", "strong: PGD-20 with a random start on AutoAttack's images", model, aa, k * PAPER_STEPS, k * 2)
+    c.attack("03", "strong: PGD-20 with a random start on AutoAttack's images", model, aa, k * PAPER_STEPS, k * 2,
+             protocol=True)
     _autoattack(c, "03", "strong", model, aa * k, p.autoattack_attacks)
     _probes(c, "03", "methods table", model, aa, k)
     # last and best of Ours, Ours (constrained), Madry, MART and each TRADES
@@ -273,7 +277,7 @@ def _notebook_06(c: _Counter) -> None:
             c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"))
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
-                 len(rows) * 3)
+                 len(rows) * 3, protocol=True)
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,
@@ -373,7 +377,8 @@ def _time_training(p: Profile, unit: tuple, device: torch.device, batches: int) 
 
 
 def _time_passes(p: Profile, model: tuple, device: torch.device, batches: int) -> dict:
-    """Seconds per image of one input-gradient pass (a PGD step) and of one forward pass, on batches of 256."""
+    """Seconds per image of one input-gradient pass (a PGD step; in fp32, and at the profile's attack_precision
+    in an evaluation protocol) and of one forward pass, on batches of 256."""
     q = _profile_for(p, model)
     net = build_model(**model_spec(q)).to(device).eval()
     data = _random_images(q, 256)
@@ -381,13 +386,26 @@ def _time_passes(p: Profile, model: tuple, device: torch.device, batches: int) -
     steps = 5 * batches
     run_attack("pgd", net, x, y, eps=0.03, steps=1, step_size=0.01)
     grad = _clock(lambda: run_attack("pgd", net, x, y, eps=0.03, steps=steps, step_size=0.01), device, REPEATS)
+    fast = resolve_precision(p.attack_precision, device)
+    if fast == "fp32":
+        protocol = grad
+    else:
+        kept = attack_precision()
+        set_attack_precision(fast)
+        try:
+            _pgd_iterates(net, x, y, batch_size=256, eps=0.03, steps=1, step_size=0.01)
+            protocol = _clock(lambda: _pgd_iterates(net, x, y, batch_size=256, eps=0.03, steps=steps, step_size=0.01),
+                              device, REPEATS)
+        finally:
+            set_attack_precision(kept)
 
     def forwards():
         with torch.no_grad():
             for _ in range(steps):
                 net(x)
     forward = _clock(forwards, device, REPEATS)
-    return {("grad", model): grad / (steps * 256), ("forward", model): forward / (steps * 256)}
+    return {("grad", model): grad / (steps * 256), ("eval-pgd", model): protocol / (steps * 256),
+            ("forward", model): forward / (steps * 256)}
 
 
 def _time_corruption(p: Profile) -> float:
@@ -424,7 +442,7 @@ def measure(cfg: RunConfig, units, *, batches: int = 3, progress: bool = False) 
             print(f"  timing {' '.join(map(str, unit))}", flush=True)
         if unit[0] == "train":
             out[unit] = _time_training(p, unit, device, batches)
-        elif unit[0] in ("grad", "forward"):
+        elif unit[0] in ("grad", "eval-pgd", "forward"):
             out.update(_time_passes(p, unit[1], device, batches))
         elif unit[0] == "corrupt":
             out[unit] = _time_corruption(p)
@@ -472,7 +490,7 @@ def _duration(seconds: float) -> str:
 
 def summary(table: pd.DataFrame, *, top: int = 5) -> str:
     """The estimate as text: per notebook (training, attacks, the rest), the total, and the largest items."""
-    kind = table["unit"].str.split().str[0].map({"train": "training", "grad": "attacks"}).fillna("other")
+    kind = table["unit"].str.split().str[0].map({"train": "training", "grad": "attacks", "eval-pgd": "attacks"}).fillna("other")
     per = table.assign(kind=kind).pivot_table(index="notebook", columns="kind", values="seconds", aggfunc="sum",
                                               fill_value=0.0)
     lines = [f"{'notebook':<9} {'predicted':>10}   " + "  ".join(f"{k:>9}" for k in per.columns)]

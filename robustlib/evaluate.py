@@ -9,6 +9,7 @@ indices of the model, and NaN/inf logits (whose argmax is class 0) are one-line 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,24 +191,68 @@ class Protocol:
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PROTOCOL_ARGS)
 
 
+# The fast paths of the evaluation protocols' PGD iterates: "fp32" (none), or "bf16" autocast with the model in
+# the channels-last memory format while it attacks. Every decision (clean and attacked predictions) stays in
+# float32, and so do AutoAttack, the masking probes and every other attack. robustlib.setup sets them from the
+# profile's ``attack_precision``; the library's default is fp32. Why it is not a weaker attack: README, "Fast
+# paths on a CPU".
+_ITERATES = {"precision": "fp32"}
+
+
+def set_attack_precision(precision: str) -> None:
+    """The precision of the evaluation protocols' PGD iterates (``"fp32"`` or ``"bf16"``), for every later
+    :func:`robust_accuracy` and :func:`evaluate_table` in this process."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"attack precision {precision!r}: use fp32 or bf16 (auto is resolved by robustlib.setup)")
+    _ITERATES["precision"] = precision
+
+
+def attack_precision() -> str:
+    """The precision the evaluation protocols' PGD iterates run at now (:func:`set_attack_precision`)."""
+    return _ITERATES["precision"]
+
+
+@contextlib.contextmanager
+def _fast_iterates(model: nn.Module):
+    """Under bf16 (:func:`set_attack_precision`): bf16 autocast, the model's 4-D weights channels-last; the
+    model is handed back in the memory format it came in."""
+    if _ITERATES["precision"] == "fp32":
+        yield ""
+        return
+    device = _device_of(model)
+    was_cl = any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                 for p in model.parameters() if p.dim() == 4)
+    model.to(memory_format=torch.channels_last)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield "; iterates in bf16, decisions in fp32"
+    finally:
+        model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+
+
+def _pgd_iterates(model, x, y, *, batch_size, **kwargs) -> tuple[torch.Tensor, str]:
+    with _fast_iterates(model) as note:
+        return run_attack("pgd", model, x, y, batch_size=batch_size, **kwargs), note
+
+
 def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
-    x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=1.0,
-                       random_start=False)
-    settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start"
+    x_adv, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=1.0,
+                                random_start=False)
+    settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start{note}"
     return ok & (predict(model, x_adv) == y), x_adv, settings, {}
 
 
 def _pgd_rs(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
-    x_adv = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps,
-                       step_factor=PGD_STEP_FACTOR, random_start=True, seed=seed)
-    settings = f"PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, seed {seed})"
+    x_adv, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps,
+                                step_factor=PGD_STEP_FACTOR, random_start=True, seed=seed)
+    settings = f"PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, seed {seed}{note})"
     return ok & (predict(model, x_adv) == y), x_adv, settings, {}     # robust: correct clean and attacked
 
 
 def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=None, autoattack_attacks=None, **_):
     x_adv, ok = x.clone(), ok.clone()
-    xp = run_attack("pgd", model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR,
-                    random_start=True, seed=seed)
+    xp, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR,
+                             random_start=True, seed=seed)
     broke = ok & (predict(model, xp) != y)
     x_adv[broke], ok = xp[broke], ok & ~broke
     parts = {"pgd_rs_acc": ok.float().mean().item()}
@@ -222,7 +267,7 @@ def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=N
     aa_name = ("AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square" if autoattack_attacks is None
                else f"AutoAttack subset ({', '.join(a.upper() for a in autoattack_attacks)}")
     settings = (f"worst of PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, "
-                f"seed {seed}) and {aa_name}; Linf, eps={label})")
+                f"seed {seed}{note}) and {aa_name}; Linf, eps={label})")
     return ok, x_adv, settings, parts
 
 

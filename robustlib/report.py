@@ -421,6 +421,8 @@ def software() -> dict[str, str]:
             info[name] = "not installed"
     info["CUDA available"] = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
     info["CPU count"] = str(os.cpu_count())
+    from .train import native_bf16
+    info["CPU with native bf16"] = "yes (precision auto trains in bf16 on it)" if native_bf16("cpu") else "no"
     return info
 
 

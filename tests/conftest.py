@@ -10,3 +10,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def fp32_attack_iterates():
+    """robustlib.setup sets the evaluation attacks' precision for its process (a profile's attack_precision):
+    every test starts, and leaves the next one, at the library's default."""
+    from robustlib import evaluate
+    evaluate.set_attack_precision("fp32")
+    yield
+    evaluate.set_attack_precision("fp32")

@@ -303,3 +303,46 @@ def test_under_bf16_autocast_the_attacks_keep_their_bounds_and_half_precision_im
         with pytest.raises(ValueError, match="at half precision an attack's budget cannot hold") as e:
             pgd(model, x.to(half), y, eps=8 / 255, steps=1, step_factor=1.0)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "pgd-rs"])
+def test_bf16_attack_iterates_keep_the_ball_decide_in_fp32_and_hand_the_model_back(trained, protocol):
+    """attack_precision bf16: the protocol's PGD iterates under bf16 autocast with channels-last weights; the
+    ball holds, the settings say so, robust means "predicted right in float32 on the image it returns", and the
+    model leaves in the memory format it came in."""
+    model, x, y = trained
+    fp32_row = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)[0]
+    assert "bf16" not in fp32_row["attack"] and E.attack_precision() == "fp32"
+    for start in (torch.contiguous_format, torch.channels_last):
+        model.to(memory_format=start)
+        E.set_attack_precision("bf16")
+        try:
+            row, xa = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)
+        finally:
+            E.set_attack_precision("fp32")
+        assert "iterates in bf16, decisions in fp32" in row["attack"]
+        assert xa.dtype == torch.float32 and (xa - x).abs().max() <= 0.1 + 1e-6 and 0 <= xa.min() <= xa.max() <= 1
+        assert (xa != x).any()
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=start) for p in convs), start
+        model.to(memory_format=torch.contiguous_format)
+        robust = (E.predict(model, x) == y) & (E.predict(model, xa) == y)
+        assert row["robust_acc"] == pytest.approx(robust.float().mean().item())
+        assert row["clean_acc"] == fp32_row["clean_acc"]        # the clean decision is float32 either way
+    with pytest.raises(ValueError, match="attack precision 'auto': use fp32 or bf16"):
+        E.set_attack_precision("auto")
+
+
+def test_setup_sets_the_attack_precision_from_the_profile():
+    import robustlib
+    from robustlib.train import resolve_precision
+
+    try:
+        robustlib.setup("fashion", device="cpu", create=False)
+        assert E.attack_precision() == resolve_precision("auto", "cpu")
+        robustlib.setup("quick", device="cpu", create=False)
+        assert E.attack_precision() == "fp32"
+        robustlib.setup("quick", device="cpu", create=False, overrides={"attack_precision": "bf16"})
+        assert E.attack_precision() == "bf16"
+    finally:
+        E.set_attack_precision("fp32")

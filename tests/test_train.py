@@ -1,4 +1,6 @@
 """The training loop: it learns, it checkpoints atomically, it resumes exactly, it refuses wrong checkpoints."""
+from unittest import mock
+
 import pytest
 import torch
 
@@ -333,7 +335,12 @@ def test_fp16_autocast_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_pat
 def test_the_fast_paths_resolve_per_device_and_keep_the_numbers():
     from robustlib.train import build_fast, fast_plan, resolve_precision
 
-    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    with mock.patch.object(torch.cpu, "_is_avx512_bf16_supported", lambda: False, create=True), \
+            mock.patch.object(torch.cpu, "_is_amx_tile_supported", lambda: False, create=True):
+        assert resolve_precision("auto", "cpu") == "fp32"          # bf16 emulated: slower than fp32
+    with mock.patch.object(torch.cpu, "_is_avx512_bf16_supported", lambda: True, create=True):
+        assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("fp16", "cpu") == "fp16"
     paper = robustlib.get_profile("paper-cifar10")
     assert fast_plan(paper) == {"precision": "auto", "channels_last": True}
