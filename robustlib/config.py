@@ -255,12 +255,22 @@ class RunConfig:
             f"evaluate   PGD-{PAPER_STEPS} at eps {', '.join(map(str, p.eval_eps))}; the PGD baselines train and "
             f"checkpoints are chosen at {p.main_eps}",
             f"seeds      {', '.join(map(str, p.seeds))}; ablations {', '.join(map(str, p.ablation_seeds))}",
-            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else ""),
+            f"device     {self.device}" + (f" x {self.nproc} processes (torchrun)" if self.nproc > 1 else "")
+            + self._precisions(),
             f"run_dir    {shown_path(self.run_dir)} (data: {shown_path(self.data_root)})",
         ]
         if self.overrides:
             lines.append(f"overrides  {self.overrides}")
         return "\n".join(lines)
+
+    def _precisions(self) -> str:
+        """`` (training in bf16, ...)`` where the profile's precisions resolve to other than fp32 on this device."""
+        from .train import resolve_precision
+        p = self.profile
+        said = [f"{what} in {r}" for what, r in (("training", resolve_precision(p.precision, self.device)),
+                                                 ("attack iterates", resolve_precision(p.attack_precision, self.device)))
+                if r != "fp32"]
+        return f" ({', '.join(said)})" if said else ""
 
     def settings(self) -> dict[str, str]:
         """Every field of the profile as ``{field: repr(value)}`` (what the report compares across notebooks)."""
@@ -327,11 +337,12 @@ def setup(
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
     from .evaluate import set_attack_precision
     from .train import resolve_precision
-    set_attack_precision(resolve_precision(prof.attack_precision, dev))   # every evaluation in this process
     if not create:
+        set_attack_precision(resolve_precision(prof.attack_precision, dev))   # every evaluation in this process
         return RunConfig(prof, dev, Path(run_dir).expanduser().resolve(), Path(data_root).expanduser(), dict(overrides or {}),
                          nproc=nproc)
     check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
+    set_attack_precision(resolve_precision(prof.attack_precision, dev))       # every evaluation in this process
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
     if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest

@@ -153,7 +153,7 @@ def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: 
     """:func:`robustlib.masking.probe`: PGD-20 with a random start, PGD-S x R restarts, PGD-S at eps 0.5."""
     p = c.cfg.profile
     c.attack(nb, f"{what} (masking probes)", model, images,
-             models * (PAPER_STEPS + p.probe_steps * (p.probe_restarts + 1)), models * (p.probe_restarts + 4))
+             models * (PAPER_STEPS + p.probe_steps * (p.probe_restarts + 1)), models * (p.probe_restarts + 4), protocol=True)
 
 
 def _notebook_00(c: _Counter) -> None:
@@ -277,7 +277,7 @@ def _notebook_06(c: _Counter) -> None:
             c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"))
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
-                 len(rows) * 3, protocol=True)
+                 len(rows) * 3)
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,

@@ -170,13 +170,14 @@ def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> pd.DataFrame:
 # the paper's protocol (Section V.A): PGD-20, step eps/20, from the clean point; the random-start protocol
 # uses as many steps with Madry et al.'s step 2.5*eps/steps
 PAPER_STEPS = 20
-_PROTOCOL_ARGS = ("eps", "label", "steps", "batch_size", "seed")     # what every protocol's attack receives
+_PROTOCOL_ARGS = ("eps", "label", "steps", "batch_size", "seed", "fast")     # what every protocol's attack receives
 
 
 @dataclass(frozen=True)
 class Protocol:
     """A ``PROTOCOLS`` entry: the table column it fills (``pgd`` -> ``pgd@0.1``), a description, and
-    ``attack(model, x, y, ok, *, eps, label, steps, batch_size, seed, **options) -> (ok, x_adv, settings, parts)``,
+    ``attack(model, x, y, ok, *, eps, label, steps, batch_size, seed, fast, **options) -> (ok, x_adv, settings,
+    parts)`` (``fast``: its PGD iterates at the process's attack precision, :func:`set_attack_precision`),
     which takes the clean-correct mask ``ok`` and returns the robust one, the worst-case batch, the exact
     settings as words, and extra accuracies to report; it may take more keywords (``strong``: ``state_dir``,
     ``autoattack_attacks``), its :attr:`options`."""
@@ -191,17 +192,18 @@ class Protocol:
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _PROTOCOL_ARGS)
 
 
-# The fast paths of the evaluation protocols' PGD iterates: "fp32" (none), or "bf16" autocast with the model in
-# the channels-last memory format while it attacks. Every decision (clean and attacked predictions) stays in
-# float32, and so do AutoAttack, the masking probes and every other attack. robustlib.setup sets them from the
-# profile's ``attack_precision``; the library's default is fp32. Why it is not a weaker attack: README, "Fast
-# paths on a CPU".
+# The fast paths of the evaluation tables' PGD iterates (evaluate_table, and the masking probes beside it): "fp32"
+# (none), or "bf16" autocast with the model in the channels-last memory format while it attacks. Every decision
+# (clean and attacked predictions) stays in float32, and so do AutoAttack and every attack that chooses a
+# setting (calibrations, the budget decision, robust_accuracy unless asked with ``fast=True``). robustlib.setup
+# sets it from the profile's ``attack_precision``; the library's default is fp32. The evidence that it is not a
+# weaker attack: README, "Fast paths on a CPU with native bf16".
 _ITERATES = {"precision": "fp32"}
 
 
 def set_attack_precision(precision: str) -> None:
-    """The precision of the evaluation protocols' PGD iterates (``"fp32"`` or ``"bf16"``), for every later
-    :func:`robust_accuracy` and :func:`evaluate_table` in this process."""
+    """The precision of the evaluation tables' PGD iterates (``"fp32"`` or ``"bf16"``), for every later
+    :func:`evaluate_table`, :func:`robust_accuracy` with ``fast=True`` and masking probe in this process."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"attack precision {precision!r}: use fp32 or bf16 (auto is resolved by robustlib.setup)")
     _ITERATES["precision"] = precision
@@ -213,46 +215,50 @@ def attack_precision() -> str:
 
 
 @contextlib.contextmanager
-def _fast_iterates(model: nn.Module):
-    """Under bf16 (:func:`set_attack_precision`): bf16 autocast, the model's 4-D weights channels-last; the
-    model is handed back in the memory format it came in."""
-    if _ITERATES["precision"] == "fp32":
+def _fast_iterates(model: nn.Module, fast: bool = True):
+    """With ``fast`` and bf16 set (:func:`set_attack_precision`): bf16 autocast, the model's 4-D weights
+    channels-last; each weight is handed back in the memory format it came in. Yields the settings' note."""
+    if not fast or _ITERATES["precision"] == "fp32":
         yield ""
         return
     device = _device_of(model)
-    was_cl = any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                 for p in model.parameters() if p.dim() == 4)
+    formats = {p: torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               else torch.contiguous_format for p in model.parameters() if p.dim() == 4}
     model.to(memory_format=torch.channels_last)
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield "; iterates in bf16, decisions in fp32"
     finally:
-        model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+        for p, fmt in formats.items():
+            p.data = p.data.contiguous(memory_format=fmt)
 
 
-def _pgd_iterates(model, x, y, *, batch_size, **kwargs) -> tuple[torch.Tensor, str]:
-    with _fast_iterates(model) as note:
+def _pgd_iterates(model, x, y, *, batch_size, fast: bool = True, **kwargs) -> tuple[torch.Tensor, str]:
+    """``run_attack("pgd", ...)`` with the iterates at the process's attack precision where ``fast``; returns the
+    adversarial images and the note for the attack's settings ("" in fp32)."""
+    with _fast_iterates(model, fast) as note:
         return run_attack("pgd", model, x, y, batch_size=batch_size, **kwargs), note
 
 
-def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
+def _paper(model, x, y, ok, *, eps, label, steps, batch_size, seed, fast=False, **_):
     x_adv, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=1.0,
-                                random_start=False)
+                                random_start=False, fast=fast)
     settings = f"PGD-{steps}, eps={label}, step={label}/{steps}, no random start{note}"
     return ok & (predict(model, x_adv) == y), x_adv, settings, {}
 
 
-def _pgd_rs(model, x, y, ok, *, eps, label, steps, batch_size, seed, **_):
+def _pgd_rs(model, x, y, ok, *, eps, label, steps, batch_size, seed, fast=False, **_):
     x_adv, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps,
-                                step_factor=PGD_STEP_FACTOR, random_start=True, seed=seed)
+                                step_factor=PGD_STEP_FACTOR, random_start=True, seed=seed, fast=fast)
     settings = f"PGD-{steps} (eps={label}, step={PGD_STEP_FACTOR:g}*{label}/{steps}, random start, seed {seed}{note})"
     return ok & (predict(model, x_adv) == y), x_adv, settings, {}     # robust: correct clean and attacked
 
 
-def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=None, autoattack_attacks=None, **_):
+def _strong(model, x, y, ok, *, eps, label, steps, batch_size, seed, state_dir=None, autoattack_attacks=None,
+            fast=False, **_):
     x_adv, ok = x.clone(), ok.clone()
     xp, note = _pgd_iterates(model, x, y, batch_size=batch_size, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR,
-                             random_start=True, seed=seed)
+                             random_start=True, seed=seed, fast=fast)
     broke = ok & (predict(model, xp) != y)
     x_adv[broke], ok = xp[broke], ok & ~broke
     parts = {"pgd_rs_acc": ok.float().mean().item()}
@@ -282,7 +288,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
                     steps: int = PAPER_STEPS, batch_size: int = 256, seed: int = 0, shard: bool = False,
-                    **options) -> tuple[dict, torch.Tensor]:
+                    fast: bool = False, **options) -> tuple[dict, torch.Tensor]:
     """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol of ``PROTOCOLS``.
 
     Protocols
@@ -302,6 +308,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     state in ``state_dir/rank<r>``) and every process gets the whole result, the per-image outcomes gathered
     in order. The random starts an image gets differ from one process's, so the numbers agree with an
     unsharded run's up to that draw (exactly, for the paper protocol). Without ``torchrun`` it changes nothing.
+
+    ``fast``: the PGD iterates at the process's attack precision (:func:`set_attack_precision`; the decisions
+    stay float32, AutoAttack too), as :func:`evaluate_table` runs them. Off by default: an attack that chooses
+    a setting (a calibration, the budget decision) stays float32 wherever it runs.
 
     Returns
     -------
@@ -331,7 +341,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     if len(y):
         ok, x_adv, settings, parts = PROTOCOLS[protocol].attack(
             model, x, y, clean_ok, eps=eps_value, label=label, steps=steps, batch_size=batch_size, seed=seed,
-            **options)
+            fast=fast, **options)
     else:                                     # more processes than images: this one has none to attack
         ok, x_adv, settings, parts = torch.zeros(0, dtype=torch.bool), x.detach().cpu(), None, {}
     if shard and distributed.active():
@@ -456,8 +466,11 @@ def attack_subset(n_images: int, n: int, seed: int = 0) -> torch.Tensor:
 
 def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, protocols=("paper", "pgd-rs"),
                    autoattack_eps=None, autoattack_n: int = 0, autoattack_attacks=None, state_dir=None,
-                   seed: int = 0, natural_on=None, shard: bool = False) -> pd.DataFrame:
+                   seed: int = 0, natural_on=None, shard: bool = False, fast: bool = True) -> pd.DataFrame:
     """One row per model: natural accuracy and robust accuracy at each eps under each protocol.
+
+    ``fast`` (default): the PGD iterates at the process's attack precision (:func:`set_attack_precision`); a
+    table that chooses a setting (a held-out selection) passes ``fast=False`` and attacks in float32.
 
     Columns: ``natural`` (on ``x``); ``natural-all`` if ``natural_on=(x_all, y_all)`` is given (clean accuracy
     is cheap, so it can be measured on the whole test split while the attacks run on a subset); for each eps
@@ -482,12 +495,13 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             row["natural-all"] = accuracy(model, *natural_on)
         for e in eps_list:
             for protocol in protocols:
-                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed, shard=shard)
+                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed, shard=shard, fast=fast)
                 row[f"{PROTOCOLS[protocol].column}@{result['eps']}"] = result["robust_acc"]
         if autoattack_eps is not None and autoattack_n > 0:
             idx = attack_subset(len(y), min(autoattack_n, len(y)), seed)
             strong, _ = robust_accuracy(model, x[idx], y[idx], eps=autoattack_eps, protocol="strong", seed=seed,
-                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks, shard=shard)
+                                        state_dir=state_dir, autoattack_attacks=autoattack_attacks, shard=shard,
+                                        fast=fast)
             row["natural (aa)"] = strong["clean_acc"]
             row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']} (aa)"] = strong["pgd_rs_acc"]
             row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]

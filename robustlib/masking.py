@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .attacks import PGD_STEP_FACTOR
-from .evaluate import PAPER_STEPS, attack_subset, predict, run_attack
+from .evaluate import PAPER_STEPS, _pgd_iterates, attack_subset, predict
 from .profiles import parse_eps
 
 RISE = 0.02        # robust accuracy may not rise by more than this from one eps to the next
@@ -86,15 +86,17 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | N
         idx = attack_subset(len(y), min(n, len(y)), seed)
         x, y = x[idx], y[idx]
     ok = predict(model, x) == y
-    xa = run_attack("pgd", model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
-                    random_start=True, seed=seed, batch_size=batch_size)     # the pgd-rs protocol, on these images
+    # every PGD at the precision of the tables' iterates (evaluate.set_attack_precision; decisions in float32),
+    # so that the restarts check compares like with like
+    xa, _ = _pgd_iterates(model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
+                          random_start=True, seed=seed, batch_size=batch_size)     # the pgd-rs protocol, on these images
     short = ok & (predict(model, xa) == y)
     long = dict(steps=steps, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
     robust = ok.clone()
     for r in range(restarts):     # every restart on every image: the worst case per image
-        xa = run_attack("pgd", model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
+        xa, _ = _pgd_iterates(model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
         robust &= predict(model, xa) == y
-    xa = run_attack("pgd", model, x, y, eps=LARGE_EPS, random_start=False, **long)
+    xa, _ = _pgd_iterates(model, x, y, eps=LARGE_EPS, random_start=False, **long)
     return {f"pgd-rs@{label} (aa)": short.float().mean().item(),
             restarts_column(label, steps, restarts): robust.float().mean().item(),
             large_column(steps): (ok & (predict(model, xa) == y)).float().mean().item()}

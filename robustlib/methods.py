@@ -321,7 +321,7 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
                                            steps=probe_steps, restarts=probe_restarts)
             if heldout is not None:
                 h = evaluate_table({name: res["model"]}, *heldout, eps_list=[heldout_eps], protocols=("paper",),
-                                   seed=seed)
+                                   seed=seed, fast=False)     # a choice is made on it: float32 on every CPU
                 table = table.assign(**{f"heldout {c}": h[c].iloc[0] for c in h.columns
                                         if c == "natural" or c.startswith("pgd@")})
             out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))

@@ -71,8 +71,9 @@ class Profile:
     # elsewhere; "fp16" adds a gradient scaler) and the channels-last memory format (faster convolutions)
     precision: str = "fp32"
     channels_last: bool = False
-    # the evaluation protocols' PGD iterates: "fp32", or "bf16" autocast + channels-last ("auto": bf16 where
-    # native); every decision stays float32, AutoAttack and the probes too (evaluate.set_attack_precision)
+    # the evaluation tables' PGD iterates (and the masking probes'): "fp32", or "bf16" autocast + channels-last
+    # ("auto": bf16 where native); every decision, AutoAttack and every calibration stay float32
+    # (evaluate.set_attack_precision)
     attack_precision: str = "fp32"
     # attacks during training on a view of the model with its eval-mode BatchNorms folded into the convolutions
     # (the same function up to rounding; input gradients 1.9x faster in bf16 on an H100, bench/passes.py)
@@ -421,7 +422,7 @@ PROFILES: dict[str, Profile] = {
             dataset="fashion-mnist",
             model="smallcnn",
             augment=False,        # crop + flip underfits in 10 epochs: 90.0% with it (lr 0.02), 92.6% without (lr 0.05)
-            # bf16 where the CPU computes it natively: training 2.1-2.5x faster, PGD-20 2.9x, as strong (README)
+            # bf16 where the CPU computes it natively: training ~2x faster, the tables' PGD 2.9x (README: no weaker found)
             precision="auto", channels_last=True, attack_precision="auto",
             epochs=10,
             lr=0.05,

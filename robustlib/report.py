@@ -421,8 +421,6 @@ def software() -> dict[str, str]:
             info[name] = "not installed"
     info["CUDA available"] = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
     info["CPU count"] = str(os.cpu_count())
-    from .train import native_bf16
-    info["CPU with native bf16"] = "yes (precision auto trains in bf16 on it)" if native_bf16("cpu") else "no"
     return info
 
 
@@ -627,9 +625,13 @@ def _software_and_times(timings: dict) -> list[str]:
           "by `make run`).", "", _pairs(software(), ("package", "version")), ""]
     rows = [(s, t.get("seconds"), t.get("device"), t.get("smoke")) for s, t in timings.items()]
     total = sum(float(r[1] or 0) for r in rows)
-    return md + ["## Wall time", "", markdown_table(pd.DataFrame(rows + [("**total**", total, "", "")],
-                                                                 columns=["notebook", "seconds", "device", "smoke"],
-                                                                 dtype=object), percent=False),
+    table = pd.DataFrame(rows + [("**total**", total, "", "")], columns=["notebook", "seconds", "device", "smoke"],
+                         dtype=object)
+    if any(t.get(k, "fp32") != "fp32" for t in timings.values() for k in ("precision", "attack_precision")):
+        # `auto` resolved on the machine that ran it (bf16 where native): say what each notebook's numbers came from
+        for col, key in (("training", "precision"), ("attack iterates", "attack_precision")):
+            table[col] = [t.get(key, "fp32") for t in timings.values()] + [""]
+    return md + ["## Wall time", "", markdown_table(table, percent=False),
                  "", f"Total: {total:.1f} s ({total / 60:.1f} min).", ""]
 
 

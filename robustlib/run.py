@@ -97,6 +97,16 @@ def _record_timing(cfg, stem: str, entry: dict) -> None:
     write_json(cfg.path("timings.json"), timings)
 
 
+def _precisions(cfg) -> dict:
+    """The training precision and the evaluation attacks' iterates as ``auto`` resolved on this machine, where
+    either is not fp32 (the report's wall-time table shows them): a number's precision depends on the CPU."""
+    from .train import resolve_precision
+    p = cfg.profile
+    resolved = {"precision": resolve_precision(p.precision, cfg.device),
+                "attack_precision": resolve_precision(p.attack_precision, cfg.device)}
+    return {k: v for k, v in resolved.items() if v != "fp32"}
+
+
 @contextlib.contextmanager
 def _environment(values: dict):
     """``os.environ`` with ``values`` set inside the block, and as it was after it."""
@@ -213,7 +223,8 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
         # what the notebook ran with, as its own kernel's setup recorded it (the report's drift check)
         settings = read_json(recorded, default=None) or cfg.settings()
         _record_timing(cfg, nb.stem, {"seconds": round(seconds, 1), "smoke": smoke, "device": str(cfg.device),
-                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {}), "settings": settings})
+                                      **({"nproc": cfg.nproc} if cfg.nproc > 1 else {}), **_precisions(cfg),
+                                      "settings": settings})
         recorded.unlink(missing_ok=True)
         completed.append(nb.stem)
     try:   # the report only reads what the notebooks wrote: its failure must not cost their results

@@ -307,20 +307,22 @@ def test_under_bf16_autocast_the_attacks_keep_their_bounds_and_half_precision_im
 
 @pytest.mark.parametrize("protocol", ["paper", "pgd-rs"])
 def test_bf16_attack_iterates_keep_the_ball_decide_in_fp32_and_hand_the_model_back(trained, protocol):
-    """attack_precision bf16: the protocol's PGD iterates under bf16 autocast with channels-last weights; the
-    ball holds, the settings say so, robust means "predicted right in float32 on the image it returns", and the
-    model leaves in the memory format it came in."""
+    """attack_precision bf16: the tables' PGD iterates (fast=True) under bf16 autocast with channels-last weights;
+    the ball holds, the settings say so, robust means "predicted right in float32 on the image it returns", and
+    the model leaves in the memory format it came in. Without fast=True (a calibration) nothing changes."""
     model, x, y = trained
-    fp32_row = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)[0]
+    fp32_row, fp32_adv = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)
     assert "bf16" not in fp32_row["attack"] and E.attack_precision() == "fp32"
     for start in (torch.contiguous_format, torch.channels_last):
         model.to(memory_format=start)
         E.set_attack_precision("bf16")
         try:
-            row, xa = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)
+            row, xa = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol, fast=True)
+            plain, plain_adv = E.robust_accuracy(model, x, y, eps="0.1", protocol=protocol)
         finally:
             E.set_attack_precision("fp32")
         assert "iterates in bf16, decisions in fp32" in row["attack"]
+        assert plain["attack"] == fp32_row["attack"] and torch.equal(plain_adv, fp32_adv)   # float32 when not asked
         assert xa.dtype == torch.float32 and (xa - x).abs().max() <= 0.1 + 1e-6 and 0 <= xa.min() <= xa.max() <= 1
         assert (xa != x).any()
         convs = [p for p in model.parameters() if p.dim() == 4]
@@ -333,16 +335,42 @@ def test_bf16_attack_iterates_keep_the_ball_decide_in_fp32_and_hand_the_model_ba
         E.set_attack_precision("auto")
 
 
-def test_setup_sets_the_attack_precision_from_the_profile():
-    import robustlib
-    from robustlib.train import resolve_precision
-
+def test_under_bf16_the_tables_and_the_masking_probes_attack_alike(trained):
+    """evaluate_table's columns are robust_accuracy(fast=True)'s; strong's PGD half is bf16 and says so; the
+    masking probe's PGD-20 baseline is the very pgd-rs (aa) of the table (like with like for the restarts check)."""
+    from robustlib import masking
+    model, x, y = trained
+    E.set_attack_precision("bf16")
     try:
-        robustlib.setup("fashion", device="cpu", create=False)
-        assert E.attack_precision() == resolve_precision("auto", "cpu")
-        robustlib.setup("quick", device="cpu", create=False)
-        assert E.attack_precision() == "fp32"
-        robustlib.setup("quick", device="cpu", create=False, overrides={"attack_precision": "bf16"})
-        assert E.attack_precision() == "bf16"
+        t = E.evaluate_table({"m": model}, x, y, eps_list=["0.1"], autoattack_eps="0.1", autoattack_n=24,
+                             autoattack_attacks=("apgd-ce",))
+        same = E.robust_accuracy(model, x, y, eps="0.1", protocol="pgd-rs", fast=True)[0]["robust_acc"]
+        sub = E.attack_subset(len(y), 24, seed=0)
+        strong = E.robust_accuracy(model, x[sub], y[sub], eps="0.1", protocol="strong", fast=True,
+                                   autoattack_attacks=("apgd-ce",))[0]
+        probe = masking.probe(model, x, y, eps="0.1", n=24, steps=5, restarts=1)
+        chooser = E.evaluate_table({"m": model}, x, y, eps_list=["0.1"], fast=False)   # a held-out selection's
     finally:
         E.set_attack_precision("fp32")
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(chooser, E.evaluate_table({"m": model}, x, y, eps_list=["0.1"]))  # float32
+    assert t.loc[0, "pgd-rs@0.1"] == pytest.approx(same)
+    assert "iterates in bf16, decisions in fp32" in strong["attack"] and "AutoAttack" in strong["attack"]
+    assert t.loc[0, "pgd-rs@0.1 (aa)"] == pytest.approx(strong["pgd_rs_acc"]) == pytest.approx(probe["pgd-rs@0.1 (aa)"])
+
+
+def test_setup_sets_the_attack_precision_from_the_profile():
+    from unittest import mock
+
+    import robustlib
+
+    for native, expect in ((True, "bf16"), (False, "fp32")):
+        with mock.patch("robustlib.train.native_bf16", lambda device, n=native: n):
+            cfg = robustlib.setup("fashion", device="cpu", create=False)
+            assert E.attack_precision() == expect
+            said = str(cfg).splitlines()
+            assert any(line.startswith("device") and ("attack iterates in bf16" in line) == native for line in said)
+    robustlib.setup("quick", device="cpu", create=False)
+    assert E.attack_precision() == "fp32"
+    robustlib.setup("quick", device="cpu", create=False, overrides={"attack_precision": "bf16"})
+    assert E.attack_precision() == "bf16"

@@ -60,3 +60,35 @@ def test_the_passes_probe_checks_the_folded_view_and_times_each_pass(tmp_path):
     rows = json.loads(out.read_text())[-1]["rows"]
     assert {(x["precision"], x["batch"]) for x in rows} == {("fp32", 4), ("bf16", 4)}
     assert all(x[k] > 0 for x in rows for k in ("train_ms", "grad_ms", "grad_frozen_ms", "grad_fused_ms", "fwd_ms"))
+
+
+def test_the_attack_precision_comparison_pairs_the_images_of_each_finished_run(tmp_path):
+    """bench/attack_precision.py on a run directory holding one finished digits run: a row per radius and
+    protocol, both robust accuracies, the images only one attack broke, written as CSV."""
+    import pandas as pd
+    import torch
+
+    from robustlib.config import get_profile
+    from robustlib.data import TensorLoader, load_dataset
+    from robustlib.models import build_model, model_spec
+    from robustlib.train import fit
+
+    torch.manual_seed(0)
+    train = load_dataset("digits", "train")
+    spec = model_spec(get_profile("quick"))
+    fit(build_model(**spec), TensorLoader(train, batch_size=64, shuffle=True, seed=0), epochs=1, lr=0.05,
+        progress=False, run_dir=tmp_path / "run", name="m-s0", meta={"model": spec})
+    assert (tmp_path / "run" / "checkpoints" / "m-s0.pt").exists()
+    out = tmp_path / "cmp"
+    r = subprocess.run([sys.executable, "bench/attack_precision.py", "--run-dir", str(tmp_path / "run"), "--profile",
+                        "quick", "--runs", "m-*", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600, env={**__import__("os").environ, "ROBUSTLIB_SMOKE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert set(table["protocol"]) == {"paper", "pgd-rs"} and set(table["run"]) == {"m-s0"}
+    assert ((table[["fp32", "bf16"]] >= 0) & (table[["fp32", "bf16"]] <= 1)).all().all()
+    assert "bf16 minus fp32 robust accuracy from" in r.stdout
+    r = subprocess.run([sys.executable, "bench/attack_precision.py", "--run-dir", str(tmp_path / "run"), "--profile",
+                        "quick", "--runs", "nothing*", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode != 0 and "no finished run matching" in r.stderr

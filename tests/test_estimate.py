@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -51,17 +52,25 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
     assert work["last vs best"].count == 2 * (4 + 2) * 2 * 20 * 360
     # the masking probes on the first seed's 8 models, 100 AutoAttack images: PGD-20 + PGD-100 x (5 + 1)
     assert work["methods table (masking probes)"].count == 8 * (20 + 100 * 6) * 100
-    # the evaluation protocols' PGD is its own unit (timed at the profile's attack_precision); the probes,
-    # AutoAttack and notebook 01's attacks stay plain input-gradient passes (float32)
-    assert work["methods table, seed 0"].unit[0] == work["last vs best"].unit[0] == "eval-pgd"
-    assert work["methods table (masking probes)"].unit[0] == work["strong (AutoAttack, as if no image fell)"].unit[0] == "grad"
+    # the evaluation tables' PGD (and the masking probes beside them) is its own unit, timed at the profile's
+    # attack_precision; AutoAttack and notebook 01's attacks (which choose settings) stay float32 passes
+    assert {work[w].unit[0] for w in ("methods table, seed 0", "last vs best", "methods table (masking probes)",
+                                      "ablation rows, seed 1")} == {"eval-pgd"}
+    assert work["strong (AutoAttack, as if no image fell)"].unit[0] == "grad"
+    assert work["frontier, held-out columns, seed 0"].unit[0] == "grad"      # a choice: float32 everywhere
+    assert {w.unit[0] for w in items if w.notebook == "01" and w.unit[0] != "forward"} <= {"grad", "train", "toy"}
 
 
 def test_the_evaluation_pgd_is_timed_at_the_attack_precision(tmp_path):
     """A bf16 attack_precision times the protocols' PGD under it, apart from the float32 gradient passes."""
+    seen = []
+    real = estimate._pgd_iterates
+    spy = lambda *a, **k: (seen.append(robustlib.evaluate.attack_precision()), real(*a, **k))[1]
     cfg = config("quick", tmp_path, smoke=True, attack_precision="bf16", channels_last=True)
-    times = estimate._time_passes(cfg.profile, estimate._model_key(cfg.profile), cfg.device, 1)
+    with mock.patch.object(estimate, "_pgd_iterates", spy):
+        times = estimate._time_passes(cfg.profile, estimate._model_key(cfg.profile), cfg.device, 1)
     assert {u[0] for u in times} == {"grad", "eval-pgd", "forward"} and all(t > 0 for t in times.values())
+    assert seen and set(seen) == {"bf16"}                         # the protocol's PGD was timed under bf16
     assert robustlib.evaluate.attack_precision() == "fp32"       # set back after timing
 
 

@@ -383,3 +383,25 @@ def test_a_verdict_renders_as_markdown_with_its_rule_and_evidence_as_items():
         "- Ours - Control: +0.3 [-0.1, +0.7]", "- one more line"]
     assert v.markdown(item=True).splitlines() == [
         "- **Ours keeps accuracy: HOLDS**", "  - rule: natural within 0.5 points", "  - Ours - Control: +0.3 [-0.1, +0.7]"]
+
+
+def test_the_wall_time_table_says_which_precision_each_notebook_ran_at():
+    """`auto` resolves per machine: where a notebook trained or attacked in bf16, the report's table says so;
+    an all-fp32 run's table keeps its four columns."""
+    from robustlib.report import _software_and_times
+
+    plain = "\n".join(_software_and_times({"02_x": {"seconds": 1.0, "device": "cpu", "smoke": False}}))
+    assert "| notebook | seconds | device | smoke |" in plain and "attack iterates" not in plain
+    md = "\n".join(_software_and_times({
+        "02_x": {"seconds": 1.0, "device": "cpu", "smoke": False, "precision": "bf16"},
+        "03_y": {"seconds": 2.0, "device": "cpu", "smoke": False, "precision": "bf16", "attack_precision": "bf16"}}))
+    assert "| notebook | seconds | device | smoke | training | attack iterates |" in md
+    assert "| 02_x | 1 | cpu | False | bf16 | fp32 |" in md and "| 03_y | 2 | cpu | False | bf16 | bf16 |" in md
+    from unittest import mock
+
+    import robustlib
+    from robustlib.run import _precisions
+    with mock.patch("robustlib.train.native_bf16", lambda device: True):      # what `run` records per notebook
+        assert _precisions(robustlib.setup("fashion", device="cpu", create=False)) == {
+            "precision": "bf16", "attack_precision": "bf16"}
+        assert _precisions(robustlib.setup("quick", device="cpu", create=False)) == {}
