@@ -125,6 +125,8 @@ class Adversary:
 
 
 # --- objectives -------------------------------------------------------------------------------------------
+# Under autocast the model's logits may be bf16; every loss beyond a plain cross-entropy (which autocast runs
+# in float32) casts them to float32 first (tests/test_losses.py: the same losses under bf16 autocast on a CPU).
 
 def clean(model: nn.Module, x, y, *, attack=None):
     """Standard training: the cross-entropy on the clean batch."""
@@ -151,7 +153,7 @@ def madry_mix(model: nn.Module, x, y, *, attack):
 
 def _kl_to(p_clean: torch.Tensor):
     """Loss for the inner maximisation of TRADES: KL(f(x) || f(x')) summed over the batch (as its reference)."""
-    return lambda logits, _y: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
+    return lambda logits, _y: F.kl_div(F.log_softmax(logits.float(), 1), p_clean, reduction="sum")
 
 
 def _near(x: torch.Tensor) -> torch.Tensor:
@@ -163,18 +165,20 @@ def trades(model: nn.Module, x, y, *, attack, beta: float):
     """Eq. (6) with β = 1/λ: CE(f(x), y) + β · KL(f(x) || f(x')), as in TRADES' reference ``trades_loss``."""
     target = attack.target(model) if hasattr(attack, "target") else model   # the module the attack runs on
     with torch.no_grad(), eval_mode(target):
-        p_clean = F.softmax(target(x), 1)     # (the KL starts at 0 on the very function the attack ascends)
+        p_clean = F.softmax(target(x).float(), 1)   # (the KL starts at 0 on the very function the attack ascends)
     x_adv = attack(model, x, y, loss_fn=_kl_to(p_clean), x_init=_near(x))
-    logits = model(x)
+    logits = model(x).float()
     loss = F.cross_entropy(logits, y)
-    robust = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="batchmean")
+    robust = F.kl_div(F.log_softmax(model(x_adv).float(), 1), F.softmax(logits, 1), reduction="batchmean")
     return loss + beta * robust, logits, {"clean_loss": loss.detach(), "kl_loss": robust.detach()}
 
 
 def mart(model: nn.Module, x, y, *, attack, beta: float = 6.0):
     """MART (Wang et al. 2020), after its reference ``mart_loss``: BCE on x' + β KL weighted by 1 - p_y(x)."""
     x_adv = attack(model, x, y, x_init=_near(x))
-    logits, logits_adv = model(x), model(x_adv)
+    # float32 from here: under bf16 autocast on a CPU (where softmax keeps bf16) 1.0001 rounds to 1, and the
+    # log of 1 - p for a confidently wrong class became log(1e-12): gradients of 1e12, a diverged run
+    logits, logits_adv = model(x).float(), model(x_adv).float()
     adv_probs = F.softmax(logits_adv, 1)
     top2 = adv_probs.argsort(1)[:, -2:]
     new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])   # the strongest wrong class

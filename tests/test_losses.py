@@ -314,3 +314,29 @@ def test_the_averaged_fine_tune_needs_a_constant_rate(tmp_path):
                           overrides={"ft_lr_schedule": "cosine"})
     with pytest.raises(robustlib.RobustlibError, match="SWA does at a constant rate"):
         train_method(cfg, "ours-swa", progress=False)
+
+
+@pytest.mark.parametrize("objective", ["trades", "mart", "madry", "finetune"])
+def test_every_loss_is_float32_under_bf16_autocast_on_a_cpu(objective):
+    """On a CPU, bf16 autocast keeps softmax in bf16, where 1.0001 is 1: MART's log(1.0001 - p) of a confidently
+    wrong class was log(1e-12), its gradient 1e12, and a fashion MART run diverged to inf weights. Every
+    objective computes its loss in float32: the same loss, and gradient, as without autocast, up to the
+    model's bf16 logits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, 24.0, 0.0]))   # class 1, whatever the image: wrong for y = 0
+    x, y = torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)
+    attack = lambda m, xb, yb, **kw: xb                     # the attack's point: the clean one (only the loss matters)
+    fn = {"trades": partial(trades, beta=6.0), "mart": partial(mart, beta=6.0), "madry": madry,
+          "finetune": finetune}[objective]
+    out = {}
+    for on in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            loss = fn(model, x, y, attack=attack)[0]
+        loss.backward()
+        out[on] = (loss.item(), model[1].bias.grad.clone())
+    assert out[True][0] == pytest.approx(out[False][0], rel=0.02), out
+    assert torch.allclose(out[True][1], out[False][1], rtol=0.05, atol=1e-3), out
