@@ -263,13 +263,18 @@ class RunConfig:
             lines.append(f"overrides  {self.overrides}")
         return "\n".join(lines)
 
-    def _precisions(self) -> str:
-        """`` (training in bf16, ...)`` where the profile's precisions resolve to other than fp32 on this device."""
+    def resolved_precisions(self) -> dict[str, str]:
+        """``precision`` and ``attack_precision`` as ``auto`` resolves them on this device, where not fp32."""
         from .train import resolve_precision
         p = self.profile
-        said = [f"{what} in {r}" for what, r in (("training", resolve_precision(p.precision, self.device)),
-                                                 ("attack iterates", resolve_precision(p.attack_precision, self.device)))
-                if r != "fp32"]
+        resolved = {"precision": resolve_precision(p.precision, self.device),
+                    "attack_precision": resolve_precision(p.attack_precision, self.device)}
+        return {k: v for k, v in resolved.items() if v != "fp32"}
+
+    def _precisions(self) -> str:
+        """`` (training in bf16, ...)`` where the profile's precisions resolve to other than fp32 on this device."""
+        words = {"precision": "training", "attack_precision": "attack iterates"}
+        said = [f"{words[k]} in {v}" for k, v in self.resolved_precisions().items()]
         return f" ({', '.join(said)})" if said else ""
 
     def settings(self) -> dict[str, str]:

@@ -100,11 +100,7 @@ def _record_timing(cfg, stem: str, entry: dict) -> None:
 def _precisions(cfg) -> dict:
     """The training precision and the evaluation attacks' iterates as ``auto`` resolved on this machine, where
     either is not fp32 (the report's wall-time table shows them): a number's precision depends on the CPU."""
-    from .train import resolve_precision
-    p = cfg.profile
-    resolved = {"precision": resolve_precision(p.precision, cfg.device),
-                "attack_precision": resolve_precision(p.attack_precision, cfg.device)}
-    return {k: v for k, v in resolved.items() if v != "fp32"}
+    return cfg.resolved_precisions()
 
 
 @contextlib.contextmanager
