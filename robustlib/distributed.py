@@ -15,6 +15,7 @@ With one process, or without ``torchrun``, every function here is a no-op and no
 """
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 
@@ -55,7 +56,17 @@ def init(device: str | torch.device = "auto") -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # a process that exits with the group still alive can abort in gloo's threads during the interpreter's
+        # teardown ("terminate called without an active exception", exit -6): leave it while Python still runs
+        atexit.register(finish)
     return device
+
+
+def finish() -> None:
+    """Leave the process group (if this process joined one): what every process should do before it exits.
+    :func:`init` arranges it at exit; calling it earlier, or twice, is harmless."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

@@ -163,8 +163,7 @@ def _main(spec_path: str) -> int:
         print(f"error: {type(e).__name__}: {first[:300]}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if distributed.active():
-            torch.distributed.destroy_process_group()
+        distributed.finish()
     return 0
 
 
