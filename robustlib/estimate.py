@@ -90,7 +90,8 @@ class _Counter:
 
     def attack(self, nb: str, what: str, model: tuple, images: int, grads: float, forwards: float = 1, *,
                protocol: bool = False) -> None:
-        """``protocol``: the PGD of an evaluation protocol, whose iterates run at the profile's attack_precision."""
+        """``protocol``: a PGD whose iterates run at the profile's attack_precision (an evaluation protocol's, and
+        the per-epoch held-out check's)."""
         self.add(nb, what, ("eval-pgd" if protocol else "grad", model), grads * images)
         self.add(nb, f"{what} (predictions)", ("forward", model), forwards * images)
 
@@ -133,7 +134,8 @@ class _Counter:
         self.add(nb, f"train {name}", ("train", model, kind, batch), adversarial * n)
         self.add(nb, f"train {name} (clean tail)", ("train", model, "clean", batch), (epochs - adversarial) * n)
         # the per-epoch held-out check: PGD-at_steps and three predictions (methods.heldout_metrics)
-        self.attack(nb, f"{name}: held-out check per epoch", model, epochs * p.val_size, p.at_steps, 3)
+        self.attack(nb, f"{name}: held-out check per epoch", model, epochs * p.val_size, p.at_steps, 3,
+                    protocol=True)    # at the attack precision, as the tables' PGD
         if method == "ours-constrained":     # lambda's clean loss on up to 2,000 held-out images per epoch
             self.add(nb, f"{name}: lambda per epoch", ("forward", model), epochs * min(2000, p.val_size))
 

@@ -195,7 +195,9 @@ class Protocol:
 # The fast paths of the evaluation tables' PGD iterates (evaluate_table, and the masking probes beside it): "fp32"
 # (none), or "bf16" autocast with the model in the channels-last memory format while it attacks. Every decision
 # (clean and attacked predictions) stays in float32, and so do AutoAttack and every attack that chooses a
-# setting (calibrations, the budget decision, robust_accuracy unless asked with ``fast=True``). robustlib.setup
+# setting (calibrations, the budget decision, a choice among a grid's rows, robust_accuracy unless asked with
+# ``fast=True``); a run's per-epoch held-out check (methods.heldout_metrics) follows its profile's
+# attack_precision: it picks only the "best" checkpoint, which no table reports but beside the last. robustlib.setup
 # sets it from the profile's ``attack_precision``; the library's default is fp32. The evidence that it is not a
 # weaker attack: README, "Fast paths on a CPU with native bf16".
 _ITERATES = {"precision": "fp32"}
@@ -215,10 +217,11 @@ def attack_precision() -> str:
 
 
 @contextlib.contextmanager
-def _fast_iterates(model: nn.Module, fast: bool = True):
-    """With ``fast`` and bf16 set (:func:`set_attack_precision`): bf16 autocast, the model's 4-D weights
-    channels-last; each weight is handed back in the memory format it came in. Yields the settings' note."""
-    if not fast or _ITERATES["precision"] == "fp32":
+def _fast_iterates(model: nn.Module, fast: bool = True, precision: str | None = None):
+    """With ``fast`` and bf16 set (:func:`set_attack_precision`, or ``precision`` given): bf16 autocast, the
+    model's 4-D weights channels-last; each weight is handed back in the memory format it came in. Yields the
+    settings' note."""
+    if not fast or (precision or _ITERATES["precision"]) == "fp32":
         yield ""
         return
     device = _device_of(model)

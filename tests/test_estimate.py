@@ -53,9 +53,10 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
     # the masking probes on the first seed's 8 models, 100 AutoAttack images: PGD-20 + PGD-100 x (5 + 1)
     assert work["methods table (masking probes)"].count == 8 * (20 + 100 * 6) * 100
     # the evaluation tables' PGD (and the masking probes beside them) is its own unit, timed at the profile's
-    # attack_precision; AutoAttack and notebook 01's attacks (which choose settings) stay float32 passes
+    # attack_precision, as is each run's per-epoch held-out check; AutoAttack and notebook 01's attacks (which
+    # choose settings) stay float32 passes
     assert {work[w].unit[0] for w in ("methods table, seed 0", "last vs best", "methods table (masking probes)",
-                                      "ablation rows, seed 1")} == {"eval-pgd"}
+                                      "ablation rows, seed 1", "ours-s0: held-out check per epoch")} == {"eval-pgd"}
     assert work["strong (AutoAttack, as if no image fell)"].unit[0] == "grad"
     assert work["frontier, held-out columns, seed 0"].unit[0] == "grad"      # a choice: float32 everywhere
     assert {w.unit[0] for w in items if w.notebook == "01" and w.unit[0] != "forward"} <= {"grad", "train", "toy"}

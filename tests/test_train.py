@@ -195,6 +195,38 @@ def test_a_runs_settings_are_exactly_the_profile_fields_it_read(tmp_path):
     assert "ft_eps_max" not in settings["madry"] and "lr" not in settings["ours"]   # lr is theta_std's, not Ours'
 
 
+def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path):
+    """A run's held-out check (what picks its best epoch): PGD iterates under bf16 autocast where the profile's
+    attack_precision says bf16, its decisions in float32; a float32 profile's runs read (and record) nothing new."""
+    from robustlib.methods import build_run, heldout_metrics
+    plain = build_run(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "a"), smoke=True), "madry",
+                      progress=False)
+    assert plain["fit"]["evaluate"].keywords["precision"] == "fp32"
+    assert "attack_precision" not in plain["meta"]["settings"]
+    fast = build_run(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "b"), smoke=True,
+                                     overrides={"attack_precision": "bf16"}), "madry", progress=False)
+    assert fast["fit"]["evaluate"].keywords["precision"] == "bf16"
+    assert fast["meta"]["settings"]["attack_precision"] == "bf16"      # the check's precision is the run's setting
+    seen = []
+
+    class Spy(torch.nn.Module):          # records, per forward, whether it attacks (grad) and under autocast
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("digits-cnn", in_channels=1, image_size=8)
+
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+            return self.net(x)
+
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        heldout_metrics(Spy().eval(), x, y, eps=0.1, steps=2, precision=precision)
+        attacks, decisions = [a for g, a in seen if g], [a for g, a in seen if not g]
+        assert len(attacks) == 2 and decisions, seen
+        assert set(attacks) == {precision == "bf16"} and set(decisions) == {False}, (precision, seen)
+
+
 def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(tmp_path):
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=True)
     model, _ = pretrain(cfg, progress=False)
