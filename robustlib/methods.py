@@ -216,10 +216,11 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
                       lr_schedule=p.lr_schedule if scratch else p.ft_lr_schedule, milestones=p.milestones)
     main = parse_eps(p.main_eps)[0]
     xv, yv = val.float_x(), val.y
-    # its PGD iterates at the attack precision of the tables (fashion: bf16 on a CPU that has it, 2.4x faster);
-    # read only where that is not float32, so the runs checked in float32 keep the settings they had
-    iterates = resolve_precision(cfg.profile.attack_precision, cfg.device)
-    if iterates != "fp32":
+    # its PGD iterates at the attack precision of the tables (fashion: bf16 on a CPU that has it);
+    # read only where the profile does not say float32, so its runs keep the settings they had (recorded as the
+    # profile says it, "auto" included, like the training precision: the same settings on every machine)
+    iterates = "fp32"
+    if cfg.profile.attack_precision != "fp32":
         iterates = resolve_precision(p.attack_precision, cfg.device)
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps, precision=iterates)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
