@@ -58,6 +58,11 @@ def main():
                   "sharded": {p: {k: r[k] for k in ("robust_acc", "clean_acc", "n", "attack")} for p, r in sharded.items()}}
         with open(args.out, "w") as f:
             json.dump(result, f)
+    if distributed.active():
+        # every process leaves together: one that left its gloo group while process 0 still evaluated alone
+        # aborted now and then ("terminate called without an active exception", exit -6) even when it left
+        torch.distributed.barrier()
+        distributed.finish()
 
 
 if __name__ == "__main__":
