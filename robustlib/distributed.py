@@ -46,7 +46,8 @@ def is_main() -> bool:
 
 def init(device: str | torch.device = "auto") -> torch.device:
     """Join ``torchrun``'s process group if the environment names one of more than one process, and return
-    this process's device (``cuda:LOCAL_RANK`` on CUDA). Without ``torchrun``: ``device`` unchanged."""
+    this process's device (``cuda:LOCAL_RANK`` on CUDA). Without ``torchrun``: ``device`` unchanged. A process
+    that joins leaves the group when it exits (:func:`finish`, registered with ``atexit``)."""
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:

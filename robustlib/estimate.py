@@ -53,7 +53,7 @@ class Work:
 
     unit : ``("train", model, method, batch)`` (count: training images, epochs x images per epoch),
         ``("grad", model)`` (count: input-gradient passes x images), ``("eval-pgd", model)`` (the same, in an
-        evaluation protocol's PGD, at the profile's ``attack_precision``), ``("forward", model)`` (images),
+        evaluation protocol's PGD or a run's per-epoch held-out check, at the profile's ``attack_precision``), ``("forward", model)`` (images),
         ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1).
     """
 
@@ -380,7 +380,7 @@ def _time_training(p: Profile, unit: tuple, device: torch.device, batches: int) 
 
 def _time_passes(p: Profile, model: tuple, device: torch.device, batches: int) -> dict:
     """Seconds per image of one input-gradient pass (a PGD step; in fp32, and at the profile's attack_precision
-    in an evaluation protocol) and of one forward pass, on batches of 256."""
+    as an evaluation protocol and the per-epoch held-out check run it) and of one forward pass, on batches of 256."""
     q = _profile_for(p, model)
     net = build_model(**model_spec(q)).to(device).eval()
     data = _random_images(q, 256)

@@ -196,9 +196,10 @@ class Protocol:
 # (none), or "bf16" autocast with the model in the channels-last memory format while it attacks. Every decision
 # (clean and attacked predictions) stays in float32, and so do AutoAttack and every attack that chooses a
 # setting (calibrations, the budget decision, a choice among a grid's rows, robust_accuracy unless asked with
-# ``fast=True``); a run's per-epoch held-out check (methods.heldout_metrics) follows its profile's
-# attack_precision: it picks only the "best" checkpoint, which no table reports but beside the last. robustlib.setup
-# sets it from the profile's ``attack_precision``; the library's default is fp32. The evidence that it is not a
+# ``fast=True``). One more attack follows the profile's attack_precision: each run's per-epoch held-out check
+# (methods.heldout_metrics), which picks the run's "best" checkpoint; no table reports that checkpoint except
+# notebook 03's comparison of it with the last. robustlib.setup sets the precision from the profile's
+# ``attack_precision``; the library's default is fp32. The evidence that it is not a
 # weaker attack: README, "Fast paths on a CPU with native bf16".
 _ITERATES = {"precision": "fp32"}
 
@@ -217,29 +218,33 @@ def attack_precision() -> str:
 
 
 @contextlib.contextmanager
-def _fast_iterates(model: nn.Module, fast: bool = True, precision: str | None = None):
-    """With ``fast`` and bf16 set (:func:`set_attack_precision`, or ``precision`` given): bf16 autocast, the
-    model's 4-D weights channels-last; each weight is handed back in the memory format it came in. Yields the
+def fast_iterates(model: nn.Module, fast: bool = True, precision: str | None = None):
+    """A context for an attack's iterates at the process's attack precision, or at ``precision`` where given.
+
+    With ``fast`` and bf16 set (:func:`set_attack_precision`, or ``precision`` given): bf16 autocast, the
+    model's 4-D weights channels-last; each weight is handed back as the tensor it came as. Yields the
     settings' note."""
     if not fast or (precision or _ITERATES["precision"]) == "fp32":
         yield ""
         return
     device = _device_of(model)
-    formats = {p: torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               else torch.contiguous_format for p in model.parameters() if p.dim() == 4}
+    # the very tensors the weights came with: converting them back would keep the values but not always the
+    # strides (a weight with a dimension of size 1 is both contiguous and channels-last), and a convolution's
+    # kernel, so its rounding, follows the strides: a run's training would then depend on its check's precision
+    kept = {p: p.data for p in model.parameters() if p.dim() == 4}
     model.to(memory_format=torch.channels_last)
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield "; iterates in bf16, decisions in fp32"
     finally:
-        for p, fmt in formats.items():
-            p.data = p.data.contiguous(memory_format=fmt)
+        for p, data in kept.items():
+            p.data = data
 
 
 def _pgd_iterates(model, x, y, *, batch_size, fast: bool = True, **kwargs) -> tuple[torch.Tensor, str]:
     """``run_attack("pgd", ...)`` with the iterates at the process's attack precision where ``fast``; returns the
     adversarial images and the note for the attack's settings ("" in fp32)."""
-    with _fast_iterates(model, fast) as note:
+    with fast_iterates(model, fast) as note:
         return run_attack("pgd", model, x, y, batch_size=batch_size, **kwargs), note
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from .attacks import ATTACKS, PGD_STEP_FACTOR, fingerprint
 from .config import RunConfig, apply_overrides, get_profile
 from .data import ImageData, load_splits, split_validation
-from .evaluate import (_fast_iterates, accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, predict,
+from .evaluate import (accuracy, calibrate_pgd_to_dra, dra_readings, evaluate_table, fast_iterates, predict,
                        robust_fraction, run_attack)
 from . import launch, masking
 from .io import RobustlibError, read_json, write_json
@@ -169,7 +169,7 @@ def heldout_metrics(model: nn.Module, x, y, *, eps: float, steps: int, precision
     ``precision="bf16"``: the PGD iterates in bf16, as the tables' (the decisions stay float32)."""
     if len(y) == 0:
         return {}
-    with _fast_iterates(model, precision=precision):
+    with fast_iterates(model, precision=precision):
         xa = run_attack("pgd", model, x, y, eps=eps, steps=steps, step_factor=PGD_STEP_FACTOR)
     return {"val_acc": accuracy(model, x, y), "val_robust_acc": robust_fraction(model, x, xa, y)}
 

@@ -71,9 +71,9 @@ class Profile:
     # elsewhere; "fp16" adds a gradient scaler) and the channels-last memory format (faster convolutions)
     precision: str = "fp32"
     channels_last: bool = False
-    # the evaluation tables' PGD iterates (and the masking probes'): "fp32", or "bf16" autocast + channels-last
-    # ("auto": bf16 where native); every decision, AutoAttack and every calibration stay float32
-    # (evaluate.set_attack_precision)
+    # the PGD iterates of the evaluation tables, the masking probes and each run's per-epoch held-out check:
+    # "fp32", or "bf16" autocast + channels-last ("auto": bf16 where native); every decision, AutoAttack and
+    # every calibration stay float32 (evaluate.set_attack_precision)
     attack_precision: str = "fp32"
     # attacks during training on a view of the model with its eval-mode BatchNorms folded into the convolutions
     # (the same function up to rounding; input gradients 1.9x faster in bf16 on an H100, bench/passes.py)

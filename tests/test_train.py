@@ -195,7 +195,7 @@ def test_a_runs_settings_are_exactly_the_profile_fields_it_read(tmp_path):
     assert "ft_eps_max" not in settings["madry"] and "lr" not in settings["ours"]   # lr is theta_std's, not Ours'
 
 
-def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path):
+def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path, monkeypatch):
     """A run's held-out check (what picks its best epoch): PGD iterates under bf16 autocast where the profile's
     attack_precision says bf16, its decisions in float32; a float32 profile's runs read (and record) nothing new."""
     from robustlib.methods import build_run, heldout_metrics
@@ -219,12 +219,34 @@ def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path):
             return self.net(x)
 
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    spy = Spy().eval()
+    before = {k: v.clone() for k, v in spy.state_dict().items()}
+    strides = [w.stride() for w in spy.parameters()]
     for precision in ("fp32", "bf16"):
         seen.clear()
-        heldout_metrics(Spy().eval(), x, y, eps=0.1, steps=2, precision=precision)
+        heldout_metrics(spy, x, y, eps=0.1, steps=2, precision=precision)
         attacks, decisions = [a for g, a in seen if g], [a for g, a in seen if not g]
         assert len(attacks) == 2 and decisions, seen
         assert set(attacks) == {precision == "bf16"} and set(decisions) == {False}, (precision, seen)
+        # the check hands the model back as it found it: the same weights, with the same strides
+        assert all(torch.equal(v, before[k]) for k, v in spy.state_dict().items()), precision
+        assert [w.stride() for w in spy.parameters()] == strides, precision
+    for native, resolved in ((True, "bf16"), (False, "fp32")):    # "auto": bf16 only where the device has it
+        monkeypatch.setattr(robustlib.train, "native_bf16", lambda device, native=native: native)
+        run = build_run(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / f"auto-{native}"), smoke=True,
+                                        overrides={"attack_precision": "auto"}), "madry", progress=False)
+        assert run["fit"]["evaluate"].keywords["precision"] == resolved, native
+
+
+def test_training_does_not_depend_on_the_per_epoch_checks_precision(tmp_path):
+    """The check only reads the model: two runs that differ in nothing but the check's precision train the same
+    weights (the best epoch it picks may differ; the last model may not)."""
+    from robustlib.methods import train_method
+    models = [train_method(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / precision), smoke=True,
+                                           overrides={"attack_precision": precision}), "madry", progress=False)
+              for precision in ("fp32", "bf16")]
+    a, b = (m["model"].state_dict() for m in models)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(tmp_path):
