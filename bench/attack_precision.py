@@ -10,6 +10,10 @@ took. A weaker bf16 attack would show as more images that only float32 breaks, m
 
     .venv/bin/python bench/attack_precision.py --run-dir runs/fashion --profile fashion --runs vanilla '*-s0'
 
+``--check`` compares instead the attack of each run's per-epoch held-out check (which picks its "best"
+checkpoint): PGD-``at_steps`` from the clean point, step 2.5 eps / steps, at the profile's ``main_eps``, on the
+held-out split (``val_size`` training images), as :func:`robustlib.methods.heldout_metrics` runs it.
+
 Timings here are one pass each, not interleaved rounds: read them as the size of the gain, not a benchmark.
 """
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from the tree, installed or not
 
 from robustlib import evaluate as E                                                 # noqa: E402
+from robustlib.attacks import PGD_STEP_FACTOR                                       # noqa: E402
+from robustlib.methods import heldout                                               # noqa: E402
 from robustlib.config import setup                                                  # noqa: E402
 from robustlib.data import load_splits                                              # noqa: E402
 from robustlib.io import atomic_open, write_csv                                     # noqa: E402
@@ -57,6 +63,22 @@ def compare(model, x, y, eps: str) -> list[dict]:
     return rows
 
 
+def compare_check(model, x, y, eps: str, steps: int) -> list[dict]:
+    """The held-out check's attack (methods.heldout_metrics) with float32 and with bf16 iterates, paired."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        t = time.perf_counter()
+        with E.fast_iterates(model, precision=precision):
+            xa = E.run_attack("pgd", model, x, y, eps=E.parse_eps(eps)[0], steps=steps, step_factor=PGD_STEP_FACTOR)
+        seconds = time.perf_counter() - t
+        out[precision] = ((E.predict(model, x) == y) & (E.predict(model, xa) == y), seconds)
+    a, b = out["fp32"][0], out["bf16"][0]
+    return [{"protocol": f"check (PGD-{steps})", "eps": eps, "fp32": a.float().mean().item(),
+             "bf16": b.float().mean().item(), "only fp32 breaks": int((~a & b).sum()),
+             "only bf16 breaks": int((a & ~b).sum()), "s fp32": round(out["fp32"][1], 2),
+             "s bf16": round(out["bf16"][1], 2)}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True)
@@ -64,6 +86,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=["*"], help="globs on the run names (e.g. vanilla '*-s0')")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="runs/bench/attack_precision", help="writes <out>.csv and <out>.json")
+    ap.add_argument("--check", action="store_true", help="the per-epoch held-out check's attack instead (above)")
     args = ap.parse_args()
     cfg = setup(args.profile, device=args.device, run_dir=args.run_dir, create=False)
     P = cfg.profile
@@ -71,21 +94,23 @@ def main() -> None:
                    if not p.name.endswith((".last.pt", ".best.pt")) and any(fnmatch.fnmatch(p.stem, g) for g in args.runs))
     if not ckpts:
         raise SystemExit(f"no finished run matching {args.runs!r} in {cfg.path('checkpoints')}: run the notebooks first")
-    _, test_split = load_splits(P, cfg.data_root)
-    test = test_split.subset(P.eval_limit, seed=1)          # notebook 03's evaluation images
-    x, y = test.float_x(), test.y
+    train_split, test_split = load_splits(P, cfg.data_root)
+    images = heldout(cfg, train_split) if args.check else test_split.subset(P.eval_limit, seed=1)   # or notebook 03's
+    x, y = images.float_x(), images.y
+    radii = [P.main_eps] if args.check else list(P.eval_eps)
     rows = []
     for path in ckpts:
         model = load_checkpoint(path, device=cfg.device)[0].eval()
-        for eps in P.eval_eps:
-            for r in compare(model, x, y, eps):
+        for eps in radii:
+            for r in (compare_check(model, x, y, eps, P.at_steps) if args.check else compare(model, x, y, eps)):
                 rows.append({"run": path.stem, **r})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200):
         print(table.to_string(index=False))
     diff = 100 * (table["bf16"] - table["fp32"])
-    print(f"\n{len(table)} rows ({len(ckpts)} models x {len(P.eval_eps)} radii x 2 protocols), {len(y)} images each: "
+    shape = "the held-out check" if args.check else f"{len(radii)} radii x 2 protocols"
+    print(f"\n{len(table)} rows ({len(ckpts)} models x {shape}), {len(y)} images each: "
           f"bf16 minus fp32 robust accuracy from {diff.min():+.1f} to {diff.max():+.1f} points (mean {diff.mean():+.2f}); "
           f"images only fp32 broke {table['only fp32 breaks'].sum()}, only bf16 broke {table['only bf16 breaks'].sum()}; "
           f"seconds fp32 {table['s fp32'].sum():.0f}, bf16 {table['s bf16'].sum():.0f} "
@@ -95,7 +120,8 @@ def main() -> None:
     write_csv(out.with_suffix(".csv"), table)
     meta = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "profile": P.name, "run_dir": str(cfg.run_dir), "images": len(y)}
+            "threads": torch.get_num_threads(), "profile": P.name, "run_dir": str(cfg.run_dir), "images": len(y),
+            "attack": "held-out check" if args.check else "tables' protocols"}
     with atomic_open(out.with_suffix(".json"), "w") as f:
         f.write(pd.Series(meta).to_json(indent=1) + "\n")
 

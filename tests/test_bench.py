@@ -89,6 +89,14 @@ def test_the_attack_precision_comparison_pairs_the_images_of_each_finished_run(t
     assert ((table[["fp32", "bf16"]] >= 0) & (table[["fp32", "bf16"]] <= 1)).all().all()
     assert "bf16 minus fp32 robust accuracy from" in r.stdout
     r = subprocess.run([sys.executable, "bench/attack_precision.py", "--run-dir", str(tmp_path / "run"), "--profile",
+                        "quick", "--runs", "m-*", "--out", str(out), "--check"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600, env={**__import__("os").environ, "ROBUSTLIB_SMOKE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = pd.read_csv(out.with_suffix(".csv"))     # the held-out check's attack: one row, at the main radius
+    steps = get_profile("quick").shrink_for_smoke().at_steps
+    assert list(table["protocol"]) == [f"check (PGD-{steps})"] and list(table["eps"].astype(str)) == ["0.1"]
+    assert "(1 models x the held-out check)" in r.stdout
+    r = subprocess.run([sys.executable, "bench/attack_precision.py", "--run-dir", str(tmp_path / "run"), "--profile",
                         "quick", "--runs", "nothing*", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                        timeout=600)
     assert r.returncode != 0 and "no finished run matching" in r.stderr
