@@ -105,8 +105,9 @@ class _Counter:
         self.add(nb, f"{name}: held-out accuracy per epoch", ("forward", _model_key(p)), p.epochs * p.val_size)
 
     def method(self, nb: str, cfg: RunConfig, method: str, seed: int, adversary: str | None = None,
-               beta: float | None = None) -> None:
-        """A :func:`~robustlib.methods.train_method` call: its theta_std and, unless trained already, the run."""
+               beta: float | None = None, check: bool = True) -> None:
+        """A :func:`~robustlib.methods.train_method` call: its theta_std and, unless trained already, the run
+        (``check``: with its per-epoch held-out check)."""
         m, p = METHODS[method], cfg.profile
         self.pretrain(nb, cfg, seed)
         if m.objective is None:
@@ -116,9 +117,9 @@ class _Counter:
         if name in self.trained:
             return
         self.trained.add(name)
-        self._run(nb, name, p, m, method, adversary or m.adversary)
+        self._run(nb, name, p, m, method, adversary or m.adversary, check)
 
-    def _run(self, nb: str, name: str, p: Profile, m, method: str, attack: str | None) -> None:
+    def _run(self, nb: str, name: str, p: Profile, m, method: str, attack: str | None, check: bool) -> None:
         scratch = m.baseline and p.baseline_init == "scratch"
         epochs = p.epochs if scratch else p.ft_epochs
         n = self.n_train - p.val_size
@@ -134,8 +135,9 @@ class _Counter:
         self.add(nb, f"train {name}", ("train", model, kind, batch), adversarial * n)
         self.add(nb, f"train {name} (clean tail)", ("train", model, "clean", batch), (epochs - adversarial) * n)
         # the per-epoch held-out check: PGD-at_steps and three predictions (methods.heldout_metrics)
-        self.attack(nb, f"{name}: held-out check per epoch", model, epochs * p.val_size, p.at_steps, 3,
-                    protocol=True)    # at the attack precision, as the tables' PGD
+        if check:
+            self.attack(nb, f"{name}: held-out check per epoch", model, epochs * p.val_size, p.at_steps, 3,
+                        protocol=True)    # at the attack precision, as the tables' PGD
         if method == "ours-constrained":     # lambda's clean loss on up to 2,000 held-out images per epoch
             self.add(nb, f"{name}: lambda per epoch", ("forward", model), epochs * min(2000, p.val_size))
 
@@ -251,7 +253,7 @@ def _notebook_04(c: _Counter) -> None:
     rows = _ablation_rows(cfg)
     for seed in cfg.profile.ablation_seeds:
         for rc, method, adversary, beta in rows:
-            c.method("04", rc, method, seed, adversary, beta)
+            c.method("04", rc, method, seed, adversary, beta, check=not rc.tag)   # as methods.train_grid
             _table(c, "04", f"ablation rows, seed {seed}", rc.profile, 1, cfg.profile.eval_eps, n)
     aa = min(cfg.profile.autoattack_limit, n)
     for rc, *_ in rows:
@@ -276,7 +278,7 @@ def _notebook_06(c: _Counter) -> None:
     rows = frontier.sweep(cfg)
     for seed in p.seeds:
         for r in rows:
-            c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"))
+            c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"), check=r["reused"])   # as train_grid
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
                  len(rows) * 3)

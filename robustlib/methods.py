@@ -175,8 +175,13 @@ def heldout_metrics(model: nn.Module, x, y, *, eps: float, steps: int, precision
 
 
 def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,
-              beta: float | None = None, data=None, progress: bool = True) -> dict:
+              beta: float | None = None, data=None, progress: bool = True, check: bool = True) -> dict:
     """Everything one run needs, read from the profile, before anything is trained or loaded.
+
+    ``check``: after each epoch, the held-out check (:func:`heldout_metrics`), which draws the learning curve's
+    held-out columns and picks the best checkpoint. ``check=False`` skips it where neither is read (a grid of
+    variants judged by their last model). Its settings are part of the run either way: it never changes the
+    weights, so a run trained without it is the run trained with it.
 
     Returns a dict with ``name``, ``meta`` (what its checkpoint must match: the settings read, their hash,
     theta_std's fingerprint), ``fit`` (the keyword arguments of :func:`~robustlib.train.fit`), ``train``
@@ -224,6 +229,8 @@ def build_run(cfg: RunConfig, method: str, *, seed: int | None = None, adversary
         iterates = resolve_precision(p.attack_precision, cfg.device)
     fit_kwargs["evaluate"] = partial(heldout_metrics, x=xv, y=yv, eps=main, steps=p.at_steps, precision=iterates)
     fit_kwargs["best_metric"] = "val_robust_acc" if len(yv) else None
+    if not check:
+        fit_kwargs.update(evaluate=None, best_metric=None)
     loader = loader_plan(p)                 # _train makes the loader, only when it trains
     if fit_kwargs.get("replay") == "alternating":
         # two updates per batch (clean, then adversarial): twice the batch makes as many updates, on as many
@@ -256,7 +263,8 @@ def _train(cfg: RunConfig, run: dict, progress: bool):
 
 
 def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, adversary: str | None = None,
-                 beta: float | None = None, retrain: bool = False, progress: bool = True, data=None) -> dict:
+                 beta: float | None = None, retrain: bool = False, progress: bool = True, data=None,
+                 check: bool = True) -> dict:
     """Train (or load) one method for a profile and seed: build the run, then load it or train it.
 
     Parameters
@@ -264,6 +272,7 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
     method : one of ``METHODS``.
     adversary : a training attack of ``ATTACKS`` (``"pgd"``, ``"dra"``); default the method's own.
     beta : TRADES' 1/λ (default: the profile's first) or MART's β (default: the profile's).
+    check : the per-epoch held-out check (:func:`build_run`); without it, ``best`` is the last model.
 
     Returns
     -------
@@ -275,12 +284,14 @@ def train_method(cfg: RunConfig, method: str, *, seed: int | None = None, advers
         theta_std, hist = pretrain(cfg, data=(train, test), seed=seed, progress=progress)
         return {"model": theta_std, "best": theta_std, "history": hist, "name": vanilla_name(cfg, seed),
                 "adversary": "none"}
-    run = build_run(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress)
+    run = build_run(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
+                    check=check)
     described = run["adversary"].describe() if run["adversary"] else "none"
     loaded = load_run(cfg, run["name"], run["meta"], retrain=retrain)
     if loaded is None and launch.wanted(cfg):      # nproc > 1: torchrun's processes train it, then it is loaded
         launch.train_elsewhere(cfg, "robustlib.methods:train_method", {"method": method, "seed": seed,
-                               "adversary": adversary, "beta": beta}, name=run["name"], data=data, progress=progress)
+                               "adversary": adversary, "beta": beta, "check": check}, name=run["name"], data=data,
+                               progress=progress)
         loaded = launch.finished(load_run(cfg, run["name"], run["meta"]), cfg, run["name"])
     if loaded is None:
         model, history = _train(cfg, run, progress)
@@ -302,7 +313,9 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
     again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded. A row's
     own ``retrain`` key (True or False) overrides that choice for it (:func:`robustlib.frontier.sweep` marks the
-    untagged runs notebook 03 does not make).
+    untagged runs notebook 03 does not make). The grid's own rows train without the per-epoch held-out check
+    (:func:`build_run`): a grid reads neither their learning curves nor their best checkpoints. The runs it
+    borrows (notebook 03's, untagged) keep it wherever they are trained first, since notebook 03 reads both.
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
     gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``
@@ -323,7 +336,7 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             again = retrain and own and method != "vanilla" and key not in retrained
             retrained.add(key)
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
-                               retrain=again)
+                               retrain=again, check=not own)
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             if probe_n and seed == seeds[0]:
                 table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,

@@ -62,6 +62,9 @@ def test_train_grid_and_mean_std(tmp_path):
     assert {"method", "natural", "pgd@0.1", "pgd-rs@0.1", "seed", "p"} <= set(per_seed.columns)
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "ours-p1-s1.pt").exists()
+    # a variant's learning curve and best checkpoint are never read: it trains without the held-out check;
+    # the profile's own run keeps it (notebook 03 draws its curve)
+    assert (ckpt / "ours-s0.best.pt").exists() and not (ckpt / "ours-p1-s0.best.pt").exists()
     before = {n: (ckpt / n).stat().st_mtime_ns for n in ("ours-s0.pt", "ours-p1-s0.pt")}
     train_grid(rows + rows, x, y, seeds=(0,), eps_list=["0.1"], retrain=True)
     # retrain redoes a tagged variant (once, though listed twice) and never the profile's own run (notebook 03's)

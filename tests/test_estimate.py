@@ -41,6 +41,12 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
     assert {"ours-pgd-cal-s2", "trades-dra-b1-cal-s0", "ours-p1-s1", "ours-alt-s2", "ours-resnet18w8-s0",
             "vanilla-resnet18w4-s2", "ours-const-notail-s1"} <= names
     assert "ours-lin-tail-s0" not in names            # the profile's own schedule is notebook 03's run
+    # a grid's own runs (notebook 04's variants, notebook 06's new knob values) train without the per-epoch
+    # held-out check (methods.train_grid); notebook 03's keep it
+    assert "ours-s1: held-out check per epoch" in work and "ours-p1-s1: held-out check per epoch" not in work
+    assert not any(w.notebook == "04" and w.what.endswith("held-out check per epoch") for w in items)
+    assert "ours-swa-s0: held-out check per epoch" not in work and "madry-eps0.025-s0: held-out check per epoch" \
+        not in work
     assert work["train ours-alt-s0"].unit[3] == 2 * 128   # the alternating replay at twice the batch
     assert {w.notebook for w in items} == {"00", "01", "02", "03", "04", "05", "06"}
     # notebook 06's frontier: the runs notebook 03 trained are loaded; the new knob values and variants are trained

@@ -238,15 +238,23 @@ def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path, 
         assert run["fit"]["evaluate"].keywords["precision"] == resolved, native
 
 
-def test_training_does_not_depend_on_the_per_epoch_checks_precision(tmp_path):
-    """The check only reads the model: two runs that differ in nothing but the check's precision train the same
-    weights (the best epoch it picks may differ; the last model may not)."""
+def test_training_does_not_depend_on_the_per_epoch_check(tmp_path):
+    """The check only reads the model: runs that differ in nothing but the check's precision, or in whether it
+    runs at all, train the same weights (the best epoch it picks may differ; the last model may not). Without
+    it, no best checkpoint is written and the history has no held-out columns."""
     from robustlib.methods import train_method
-    models = [train_method(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / precision), smoke=True,
-                                           overrides={"attack_precision": precision}), "madry", progress=False)
-              for precision in ("fp32", "bf16")]
-    a, b = (m["model"].state_dict() for m in models)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    arms = {(precision, check): train_method(
+        robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / f"{precision}-{check}"), smoke=True,
+                        overrides={"attack_precision": precision}), "madry", progress=False, check=check)
+        for precision, check in (("fp32", True), ("bf16", True), ("fp32", False))}
+    weights = [r["model"].state_dict() for r in arms.values()]
+    assert all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k]) for k in w) for w in weights)
+    assert (tmp_path / "fp32-True" / "checkpoints" / "madry-s0.best.pt").exists()
+    assert not (tmp_path / "fp32-False" / "checkpoints" / "madry-s0.best.pt").exists()
+    assert "val_robust_acc" in arms["fp32", True]["history"]
+    assert "val_robust_acc" not in arms["fp32", False]["history"]
+    unchecked = arms["fp32", False]
+    assert unchecked["best"] is unchecked["model"]
 
 
 def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(tmp_path):
