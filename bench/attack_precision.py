@@ -12,7 +12,9 @@ took. A weaker bf16 attack would show as more images that only float32 breaks, m
 
 ``--check`` compares instead the attack of each run's per-epoch held-out check (which picks its "best"
 checkpoint): PGD-``at_steps`` from the clean point, step 2.5 eps / steps, at the profile's ``main_eps``, on the
-held-out split (``val_size`` training images), as :func:`robustlib.methods.heldout_metrics` runs it.
+held-out split (``val_size`` training images), as :func:`robustlib.methods.heldout_metrics` runs it for the
+profile's own runs (a variant that changes ``main_eps`` checks at its own), on each run's final model (the check
+runs on every epoch's).
 
 Timings here are one pass each, not interleaved rounds: read them as the size of the gain, not a benchmark.
 """

@@ -222,23 +222,30 @@ def fast_iterates(model: nn.Module, fast: bool = True, precision: str | None = N
     """A context for an attack's iterates at the process's attack precision, or at ``precision`` where given.
 
     With ``fast`` and bf16 set (:func:`set_attack_precision`, or ``precision`` given): bf16 autocast, the
-    model's 4-D weights channels-last; each weight is handed back as the tensor it came as. Yields the
+    model's 4-D weights channels-last; each is handed back as the tensor it came as. Yields the
     settings' note."""
     if not fast or (precision or _ITERATES["precision"]) == "fp32":
         yield ""
         return
     device = _device_of(model)
-    # the very tensors the weights came with: converting them back would keep the values but not always the
-    # strides (a weight with a dimension of size 1 is both contiguous and channels-last), and a convolution's
-    # kernel, so its rounding, follows the strides: a run's training would then depend on its check's precision
-    kept = {p: p.data for p in model.parameters() if p.dim() == 4}
-    model.to(memory_format=torch.channels_last)
+    # the very tensors the weights (and 4-D buffers, and gradients) came with: converting them back would keep the
+    # values but not always the strides (a weight with a dimension of size 1 is both contiguous and channels-last),
+    # and a convolution's kernel, so its rounding, follows the strides: a run's training would then depend on its
+    # held-out check's precision
+    weights = {p: p.data for p in model.parameters() if p.dim() == 4}
+    grads = {p: p.grad.data for p in weights if p.grad is not None}
+    buffers = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if b is not None and b.dim() == 4]
     try:
+        model.to(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield "; iterates in bf16, decisions in fp32"
     finally:
-        for p, data in kept.items():
+        for p, data in weights.items():
             p.data = data
+        for p, data in grads.items():
+            p.grad.data = data
+        for m, k, b in buffers:
+            m._buffers[k] = b
 
 
 def _pgd_iterates(model, x, y, *, batch_size, fast: bool = True, **kwargs) -> tuple[torch.Tensor, str]:

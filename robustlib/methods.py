@@ -315,7 +315,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     own ``retrain`` key (True or False) overrides that choice for it (:func:`robustlib.frontier.sweep` marks the
     untagged runs notebook 03 does not make). The grid's own rows train without the per-epoch held-out check
     (:func:`build_run`): a grid reads neither their learning curves nor their best checkpoints. The runs it
-    borrows (notebook 03's, untagged) keep it wherever they are trained first, since notebook 03 reads both.
+    borrows (a row whose ``retrain`` is False, or an untagged one: notebook 03's and 00's) keep it wherever they
+    are trained first, since notebook 03 reads both.
     Returns one row per (row, seed) with the columns ``method`` (= name), ``natural``, ``pgd@<eps>``,
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
     gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``

@@ -427,9 +427,11 @@ PROFILES: dict[str, Profile] = {
             epochs=10,
             lr=0.05,
             expected_clean_acc=0.90,
-            # within 1 point of the control's clean accuracy, +15 points at eps = 0.03 under both PGD-20s
-            expected_gaps=("Ours - Control natural-all >= -0.01", "Ours - Control pgd@0.03 >= 0.15",
-                           "Ours - Control pgd-rs@0.03 >= 0.15"),
+            # within 1 point of the control's clean accuracy, +12 points at eps = 0.03 under both PGD-20s: the
+            # record of today's recipe (3 seeds) is +14.1 and +15.5 (scripts/precision_pairs.py, README), its
+            # 3-seed mean's noise ~0.7 point; +15 was set on one seed of the cosine fine-tune schedule (+20.0)
+            expected_gaps=("Ours - Control natural-all >= -0.01", "Ours - Control pgd@0.03 >= 0.12",
+                           "Ours - Control pgd-rs@0.03 >= 0.12"),
             eval_eps=("0.03", "0.05", "0.1"),
             eval_limit=1000,
             autoattack_limit=200,

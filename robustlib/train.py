@@ -610,6 +610,10 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float, momentum: flo
                              f"({weight} holds NaN/inf); start from finite weights (rebuild the model or reload "
                              f"the checkpoint it came from)")
     trained, main = distributed.wrap(model, device), distributed.is_main()
+    if run_dir and main and best_metric is None:
+        # no best checkpoint this time: one an earlier attempt of this run left (with a held-out check) would be
+        # read as this run's best
+        (Path(run_dir) / "checkpoints" / f"{name}.best.pt").unlink(missing_ok=True)
     folded = FoldedBatchNorm(model) if fold_bn and adversary is not None else None
     # a text bar on stdout: in a notebook saved and reopened it reads as its last line (a widget would not load)
     bar = tqdm(range(start, epochs), desc=name, disable=not progress or not main, dynamic_ncols=True, file=sys.stdout,

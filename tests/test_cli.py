@@ -92,3 +92,30 @@ def test_select_finetune_script_compares_variants_on_the_held_out_split(tmp_path
                 ["--variants", "{v: {}}", "--eps", "abc"]):
         assert script.main(["--profile", "quick", "--run-dir", str(tmp_path / "bad"), *bad]) == 2, bad
     assert not (tmp_path / "bad" / "checkpoints").exists()            # refused before anything trained
+
+
+def test_precision_pairs_script_trains_each_seed_in_both_precisions(tmp_path, monkeypatch, capsys):
+    """scripts/precision_pairs.py: per seed, theta_std, the control and Ours in float32 and in the profile's
+    precision, one table of both arms; a float32 profile has nothing to pair and is refused before training."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    monkeypatch.setenv("ROBUSTLIB_SMOKE", "1")
+    path = Path(__file__).parents[1] / "scripts" / "precision_pairs.py"
+    spec = importlib.util.spec_from_file_location("precision_pairs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--profile", "quick", "--device", "cpu", "--run-dir", str(tmp_path / "bad")]) == 2
+    assert "already trains in float32" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    run_dir = tmp_path / "run"
+    code = script.main(["--profile", "quick", "--device", "cpu", "--run-dir", str(run_dir), "--eps", "0.1",
+                        "--seeds", "0", "1", "--overrides", "{precision: bf16}"])
+    assert code == 0
+    t = pd.read_csv(run_dir / "tables" / "precision_pairs.csv")
+    assert len(t) == 2 * 2 * 3 and set(t["precision"]) == {"bf16", "fp32"} and set(t["seed"]) == {0, 1}
+    assert set(t["method"]) == {"vanilla", "control", "ours"}
+    assert (run_dir / "checkpoints" / "ours-fp32-s1.pt").exists() and (run_dir / "checkpoints" / "ours-s1.pt").exists()
+    assert "bf16 - fp32, paired by seed" in capsys.readouterr().out

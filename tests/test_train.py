@@ -221,7 +221,7 @@ def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path, 
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
     spy = Spy().eval()
     before = {k: v.clone() for k, v in spy.state_dict().items()}
-    strides = [w.stride() for w in spy.parameters()]
+    strides = [w.stride() for w in spy.parameters()] + [b.stride() for b in spy.buffers()]
     for precision in ("fp32", "bf16"):
         seen.clear()
         heldout_metrics(spy, x, y, eps=0.1, steps=2, precision=precision)
@@ -230,7 +230,7 @@ def test_the_per_epoch_check_attacks_at_the_profiles_attack_precision(tmp_path, 
         assert set(attacks) == {precision == "bf16"} and set(decisions) == {False}, (precision, seen)
         # the check hands the model back as it found it: the same weights, with the same strides
         assert all(torch.equal(v, before[k]) for k, v in spy.state_dict().items()), precision
-        assert [w.stride() for w in spy.parameters()] == strides, precision
+        assert [w.stride() for w in spy.parameters()] + [b.stride() for b in spy.buffers()] == strides, precision
     for native, resolved in ((True, "bf16"), (False, "fp32")):    # "auto": bf16 only where the device has it
         monkeypatch.setattr(robustlib.train, "native_bf16", lambda device, native=native: native)
         run = build_run(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / f"auto-{native}"), smoke=True,
@@ -255,6 +255,11 @@ def test_training_does_not_depend_on_the_per_epoch_check(tmp_path):
     assert "val_robust_acc" not in arms["fp32", False]["history"]
     unchecked = arms["fp32", False]
     assert unchecked["best"] is unchecked["model"]
+    # trained again without the check, a run leaves no best checkpoint of an earlier attempt to be read as its own
+    again = train_method(robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "fp32-True"), smoke=True),
+                         "madry", progress=False, check=False, retrain=True)
+    assert not (tmp_path / "fp32-True" / "checkpoints" / "madry-s0.best.pt").exists()
+    assert again["best"] is again["model"]
 
 
 def test_a_checkpoint_from_before_the_settings_hash_loads_when_its_fields_agree(tmp_path):
