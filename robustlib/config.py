@@ -340,7 +340,7 @@ def setup(
         run_dir = base / (prof.name + ("-smoke" if smoke else ""))
     if data_root in (None, ""):
         data_root = os.environ.get(DATA_ENV) or repo_root() / "data"
-    from .evaluate import set_attack_precision
+    from .evaluate import set_attack_precision, set_evaluation_processes
     from .train import resolve_precision
     if not create:
         set_attack_precision(resolve_precision(prof.attack_precision, dev))   # every evaluation in this process
@@ -348,6 +348,7 @@ def setup(
                          nproc=nproc)
     check_not_in_use(run_dir)          # another run holds it (make run): refuse before writing anything
     set_attack_precision(resolve_precision(prof.attack_precision, dev))       # every evaluation in this process
+    set_evaluation_processes(nproc)       # nproc > 1: the evaluation tables' attacks sharded under torchrun too
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
     if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest

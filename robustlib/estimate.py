@@ -55,12 +55,15 @@ class Work:
         ``("grad", model)`` (count: input-gradient passes x images), ``("eval-pgd", model)`` (the same, in an
         evaluation protocol's PGD or a run's per-epoch held-out check, at the profile's ``attack_precision``), ``("forward", model)`` (images),
         ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1).
+    shared : an evaluation table's work (:func:`~robustlib.evaluate.evaluate_table`), which ``nproc`` > 1
+        processes split among themselves (:func:`robustlib.launch.evaluate_elsewhere`).
     """
 
     notebook: str
     what: str
     unit: tuple
     count: float
+    shared: bool = False
 
 
 def _model_key(p) -> tuple:
@@ -84,16 +87,16 @@ class _Counter:
         self.cfg, self.items, self.trained = cfg, [], set(done)
         self.n_train, self.n_test = _sizes(cfg.profile)
 
-    def add(self, nb: str, what: str, unit: tuple, count: float) -> None:
+    def add(self, nb: str, what: str, unit: tuple, count: float, shared: bool = False) -> None:
         if count > 0:
-            self.items.append(Work(nb, what, unit, float(count)))
+            self.items.append(Work(nb, what, unit, float(count), shared))
 
     def attack(self, nb: str, what: str, model: tuple, images: int, grads: float, forwards: float = 1, *,
-               protocol: bool = False) -> None:
+               protocol: bool = False, shared: bool = False) -> None:
         """``protocol``: a PGD whose iterates run at the profile's attack_precision (an evaluation protocol's, and
-        the per-epoch held-out check's)."""
-        self.add(nb, what, ("eval-pgd" if protocol else "grad", model), grads * images)
-        self.add(nb, f"{what} (predictions)", ("forward", model), forwards * images)
+        the per-epoch held-out check's). ``shared``: an evaluation table's (:attr:`Work.shared`)."""
+        self.add(nb, what, ("eval-pgd" if protocol else "grad", model), grads * images, shared)
+        self.add(nb, f"{what} (predictions)", ("forward", model), forwards * images, shared)
 
     def pretrain(self, nb: str, cfg: RunConfig, seed: int) -> None:
         name, p = vanilla_name(cfg, seed), cfg.profile
@@ -145,12 +148,13 @@ class _Counter:
 def _table(c: _Counter, nb: str, what: str, p: Profile, models: int, eps_list, images: int) -> None:
     """:func:`~robustlib.evaluate.evaluate_table`: natural, then the paper and pgd-rs protocols (PGD-20) at each eps."""
     per_model = len(eps_list) * 2 * PAPER_STEPS
-    c.attack(nb, what, _model_key(p), images, models * per_model, models * (1 + 2 * 2 * len(eps_list)), protocol=True)
+    c.attack(nb, what, _model_key(p), images, models * per_model, models * (1 + 2 * 2 * len(eps_list)), protocol=True,
+             shared=True)
 
 
-def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, attacks) -> None:
+def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, attacks, shared: bool = False) -> None:
     grads, forwards = map(sum, zip(*(AUTOATTACK_PASSES[a] for a in (attacks or STANDARD))))
-    c.attack(nb, f"{what} (AutoAttack, as if no image fell)", model, images, grads, forwards + 2)
+    c.attack(nb, f"{what} (AutoAttack, as if no image fell)", model, images, grads, forwards + 2, shared=shared)
 
 
 def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: int) -> None:
@@ -213,8 +217,8 @@ def _notebook_03(c: _Counter) -> None:
         c.add("03", f"natural-all, seed {seed}", ("forward", model), k * c.n_test)
     aa = min(p.autoattack_limit, n)
     c.attack("03", "strong: PGD-20 with a random start on AutoAttack's images", model, aa, k * PAPER_STEPS, k * 2,
-             protocol=True)
-    _autoattack(c, "03", "strong", model, aa * k, p.autoattack_attacks)
+             protocol=True, shared=True)
+    _autoattack(c, "03", "strong", model, aa * k, p.autoattack_attacks, shared=True)    # both in the methods table
     _probes(c, "03", "methods table", model, aa, k)
     # last and best of Ours, Ours (constrained), Madry, MART and each TRADES
     _table(c, "03", "last vs best", p, 2 * (4 + len(p.trades_betas)), [p.main_eps], n)
@@ -281,7 +285,7 @@ def _notebook_06(c: _Counter) -> None:
             c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"), check=r["reused"])   # as train_grid
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
-                 len(rows) * 3)
+                 len(rows) * 3, shared=True)
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,
@@ -462,7 +466,8 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
     ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`): each process's step is timed at its
     share of the batch (``batch_size / nproc``, where a GPU may be far from full) and the processes are counted
     as working in parallel, with no time for their gradient exchange or start-up (unmeasured: a lower bound);
-    attacks and evaluation stay in the notebook's one process."""
+    so are an evaluation table's attacks (:attr:`Work.shared`), with no time for starting their processes or
+    gathering the outcomes; the rest of the attacks and evaluation stay in the notebook's one process."""
     items, _ = plan(cfg, only, done)
     cfg = _per_image(cfg)
     def timed(unit):      # what one process does: its share of each training batch
@@ -477,7 +482,8 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
     finally:
         torch.set_num_threads(threads)
     rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
-             "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" else 1)} for w in items]
+             "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" or w.shared else 1)}
+            for w in items]
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]

@@ -217,6 +217,25 @@ def attack_precision() -> str:
     return _ITERATES["precision"]
 
 
+# How many processes an evaluation table is sharded among: 1 (here, in this process), or N > 1, in which case
+# evaluate_table hands itself to N processes under torchrun (robustlib.launch.evaluate_elsewhere), each
+# attacking its part of the images, and returns the table they computed. robustlib.setup sets it from the
+# run's nproc (`run --nproc N`), so that a notebook's attacks are spread over the GPUs its training uses.
+_PROCESSES = {"n": 1}
+
+
+def set_evaluation_processes(n: int) -> None:
+    """Shard every later :func:`evaluate_table` of this process among ``n`` processes under torchrun (1: none)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"evaluation processes {n!r}: use a whole number >= 1")
+    _PROCESSES["n"] = n
+
+
+def evaluation_processes() -> int:
+    """The process count :func:`evaluate_table` shards among (:func:`set_evaluation_processes`)."""
+    return _PROCESSES["n"]
+
+
 @contextlib.contextmanager
 def fast_iterates(model: nn.Module, fast: bool = True, precision: str | None = None):
     """A context for an attack's iterates at the process's attack precision, or at ``precision`` where given.
@@ -499,10 +518,21 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
     behind the columns: ``images`` (``x``), ``images-all`` and ``images (aa)`` where measured (the verdicts'
     test-sample noise, :mod:`robustlib.verdicts`). ``shard``: the attacks split among the processes of
     ``torchrun`` (:func:`robust_accuracy`; every process calls with the same arguments).
+
+    Outside torchrun, with :func:`set_evaluation_processes` at N > 1 (``run --nproc N``), the table is computed
+    by N processes under torchrun, each attacking its part of every attack's images
+    (:func:`robustlib.launch.evaluate_elsewhere`), and returned here: the same numbers as one process's for
+    the paper protocol, a different draw of random starts for the others.
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocol(s) {', '.join(map(str, unknown))}; use some of {', '.join(PROTOCOLS)}")
+    if _PROCESSES["n"] > 1 and not distributed.active():
+        from .launch import evaluate_elsewhere
+        return evaluate_elsewhere(_PROCESSES["n"], models, x, y, dict(
+            eps_list=list(eps_list), protocols=tuple(protocols), autoattack_eps=autoattack_eps,
+            autoattack_n=autoattack_n, autoattack_attacks=autoattack_attacks, state_dir=state_dir, seed=seed,
+            natural_on=natural_on, fast=fast))
     rows = []
     for name, model in models.items():
         row = {"method": name, "natural": accuracy(model, x, y)}

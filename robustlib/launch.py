@@ -14,20 +14,29 @@ and passes the processes' output through. Each process joins the group (:func:`r
 NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU) and makes the same call, which trains under
 DistributedDataParallel (:func:`robustlib.train.fit`): the profile's ``batch_size`` stays the global batch,
 each process taking ``batch_size / N`` of it; process 0 writes the checkpoints. Stopped anywhere, the same
-command resumes the run with the same number of processes. Evaluation stays in the notebook's process, on
-one device. Several machines: run the notebooks' code under ``torchrun`` yourself (README).
+command resumes the run with the same number of processes.
+
+The evaluation tables go the same way: :func:`robustlib.evaluate.evaluate_table` (every PGD and AutoAttack
+column of notebooks 00, 03, 04 and 06) hands itself to :func:`evaluate_elsewhere`, whose ``nproc`` processes
+each attack their part of the images and gather the outcomes (``shard=True``); the table comes back to the
+notebook. The rest of the evaluation (clean passes elsewhere, the gradient-masking probes, notebook 01's
+DRA readings and calibrations, notebook 05's corruptions) stays in the notebook's process, on one device.
+Several machines: run the notebooks' code under ``torchrun`` yourself (README).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import distributed
@@ -84,37 +93,79 @@ def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progr
     spec = ensure_dir(cfg.path("checkpoints")) / f".{name}.launch.pt"
     save_torch({"call": call, "cfg": dataclasses.replace(cfg, device=torch.device(cfg.device.type)),
                 "kwargs": kwargs, "data": data, "progress": progress, "owner": os.getpid()}, spec)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.nproc),
+    print(f"{name}: training under torchrun with {cfg.nproc} processes", flush=True)
+    try:
+        _torchrun(cfg.nproc, spec, f"{name}: training")
+    finally:
+        spec.unlink(missing_ok=True)
+
+
+def evaluate_elsewhere(nproc: int, models: dict, x: torch.Tensor, y: torch.Tensor, kwargs: dict):
+    """:func:`robustlib.evaluate.evaluate_table` of ``models`` on ``x``, ``y`` with ``kwargs``, computed by
+    ``nproc`` processes under torchrun, each attacking its part of the images (``shard=True``), at this
+    process's attack precision and on the models' device type (one GPU per process on CUDA); returns the
+    table process 0 wrote. The models, images and table travel through a temporary directory."""
+    from .evaluate import attack_precision
+    device = next((p.device.type for m in models.values() for p in m.parameters()), "cpu")
+    cpu = lambda t: t.detach().cpu() if torch.is_tensor(t) else t
+    if kwargs.get("natural_on") is not None:
+        kwargs = {**kwargs, "natural_on": tuple(map(cpu, kwargs["natural_on"]))}
+    print(f"evaluating {', '.join(models)} under torchrun with {nproc} processes", flush=True)
+    with tempfile.TemporaryDirectory(prefix="robustlib-eval-") as tmp:
+        spec, out = Path(tmp) / "spec.pt", Path(tmp) / "table.pkl"
+        save_torch({"call": "robustlib.launch:_evaluate_here", "device": device, "on_device": x.device.type != "cpu",
+                    "models": {k: copy.deepcopy(m).cpu() for k, m in models.items()}, "x": cpu(x), "y": cpu(y),
+                    "kwargs": kwargs, "precision": attack_precision(), "out": str(out), "owner": os.getpid()}, spec)
+        _torchrun(nproc, spec, "evaluation")
+        return pd.read_pickle(out)
+
+
+def _evaluate_here(spec: dict) -> None:
+    """One process of :func:`evaluate_elsewhere`: its part of every attack; process 0 writes the table."""
+    from .evaluate import evaluate_table, set_attack_precision
+    device = distributed.init(spec["device"])
+    set_attack_precision(spec["precision"])
+    place = lambda t: t.to(device) if spec["on_device"] else t      # the images where the notebook kept them
+    models = {k: m.to(device) for k, m in spec["models"].items()}
+    kwargs = dict(spec["kwargs"])
+    if kwargs.get("natural_on") is not None:
+        kwargs["natural_on"] = tuple(place(t) for t in kwargs["natural_on"])
+    table = evaluate_table(models, place(spec["x"]), place(spec["y"]), shard=True, **kwargs)
+    if distributed.is_main():
+        table.to_pickle(spec["out"])
+    distributed.barrier()               # every process leaves the group together (gloo aborts otherwise, now and then)
+
+
+def _torchrun(nproc: int, spec: Path, what: str) -> None:
+    """Run ``python -m robustlib.launch spec`` in ``nproc`` processes under torchrun, passing their output
+    through; a failure is one line naming ``what`` and the processes' last error."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "robustlib.launch", str(spec)]
     package_root = str(Path(__file__).resolve().parent.parent)      # the processes import this robustlib
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))}
-    print(f"{name}: training under torchrun with {cfg.nproc} processes", flush=True)
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     tail = ""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            text = chunk.decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            tail = (tail + text)[-4000:]
+        code = proc.wait()
+    except BaseException:           # interrupted: stop the processes (a training's finished epochs are checkpointed)
+        proc.terminate()
         try:
-            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-                text = chunk.decode(errors="replace")
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                tail = (tail + text)[-4000:]
-            code = proc.wait()
-        except BaseException:           # interrupted: stop the processes (their finished epochs are checkpointed)
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
-    finally:
-        spec.unlink(missing_ok=True)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if code:
         lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
         why = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
-        raise RobustlibError(f"{name}: training under torchrun with {cfg.nproc} processes failed (exit {code}): "
+        raise RobustlibError(f"{what} under torchrun with {nproc} processes failed (exit {code}): "
                              f"{why or 'see the output above'}")
 
 
@@ -151,6 +202,9 @@ def _main(spec_path: str) -> int:
     module, _, fn = spec["call"].partition(":")
     call = getattr(__import__(module, fromlist=[fn]), fn)
     try:
+        if "cfg" not in spec:           # an evaluation (evaluate_elsewhere): the call takes the spec itself
+            call(spec)
+            return 0
         device = distributed.init(spec["cfg"].device)
         cfg = dataclasses.replace(spec["cfg"], device=device)
         call(cfg, **spec["kwargs"], data=spec["data"], progress=spec["progress"] and distributed.is_main())

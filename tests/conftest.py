@@ -14,9 +14,11 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def fp32_attack_iterates():
-    """robustlib.setup sets the evaluation attacks' precision for its process (a profile's attack_precision):
-    every test starts, and leaves the next one, at the library's default."""
+    """robustlib.setup sets the evaluation attacks' precision and process count for its process (a profile's
+    attack_precision, the run's nproc): every test starts, and leaves the next one, at the library's defaults."""
     from robustlib import evaluate
     evaluate.set_attack_precision("fp32")
+    evaluate.set_evaluation_processes(1)
     yield
     evaluate.set_attack_precision("fp32")
+    evaluate.set_evaluation_processes(1)

@@ -82,6 +82,28 @@ def test_two_processes_fine_tune_like_one_and_resume_exactly(theta, tmp_path):
     assert json.loads((tmp_path / "out2b.json").read_text()) == results[2]     # the same weights, bit for bit
 
 
+def test_an_evaluation_table_asked_for_2_processes_is_computed_by_them_and_matches_one_process(theta, capfd):
+    """``run --nproc 2`` (``set_evaluation_processes(2)``, as robustlib.setup does): a notebook's evaluation
+    table is computed by 2 processes under torchrun, each attacking half of the images, and comes back here:
+    without a random start the very numbers of one process, with one a different draw of the starts."""
+    from robustlib import evaluate
+    model = build_model("digits-cnn", in_channels=1, image_size=8, mean=[0.3], std=[0.38])
+    model.load_state_dict(torch.load(theta, weights_only=True))
+    test = load_dataset("digits", "test")
+    x, y = test.float_x(), test.y
+    kwargs = dict(eps_list=["0.1"], natural_on=(x, y))
+    one = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], **kwargs)
+    assert "torchrun" not in capfd.readouterr().out
+    evaluate.set_evaluation_processes(2)
+    two = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], **kwargs)
+    assert "evaluating theta under torchrun with 2 processes" in capfd.readouterr().out
+    assert list(two.columns) == list(one.columns) and two["images"].item() == 200
+    for column in ("natural", "natural-all", "pgd@0.1"):
+        assert two[column].item() == one[column].item(), column
+    assert abs(two["pgd-rs@0.1"].item() - one["pgd-rs@0.1"].item()) <= 4 / 200
+    assert 0.2 < one["pgd@0.1"].item() < one["natural"].item()         # an attack that breaks some, not all
+
+
 def test_the_metrics_of_all_processes_are_reduced(monkeypatch):
     # what every process logs is the mean over all processes' samples: sums and counts added, then divided
     monkeypatch.setattr(distributed, "active", lambda: True)
@@ -125,7 +147,7 @@ def test_a_notebook_run_with_nproc_2_trains_under_torchrun_then_loads(tmp_path, 
     """``setup(nproc=2)``: each run that must be trained is trained by 2 processes (robustlib.launch), with the
     profile's batch as the global batch; the caller gets the finished run, and a second call only loads it."""
     import robustlib
-    from robustlib import methods, train
+    from robustlib import evaluate, methods, train
     from robustlib.io import load_torch
 
     # the command line: notebook 02 trains theta_std under torchrun (run --nproc reaches the kernel)
@@ -137,6 +159,7 @@ def test_a_notebook_run_with_nproc_2_trains_under_torchrun_then_loads(tmp_path, 
     assert load_torch(tmp_path / "run" / "checkpoints" / "vanilla.last.pt")["fit_args"]["processes"] == 2
     # the library: a method's run, trained by 2 processes, then loaded in this one
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "run"), smoke=True, nproc=2)
+    assert evaluate.evaluation_processes() == 2                        # its evaluation tables: 2 processes too
     train.pretrain(cfg, progress=False)                                # finished: loaded, not trained
     res = methods.train_method(cfg, "ours", adversary="dra", progress=False)
     out = capfd.readouterr().out
@@ -147,6 +170,7 @@ def test_a_notebook_run_with_nproc_2_trains_under_torchrun_then_loads(tmp_path, 
     state = load_torch(cfg.path("checkpoints", "ours-s0.last.pt"))
     batches = state["fit_args"]["batches"]
     one = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "one"), smoke=True)
+    assert evaluate.evaluation_processes() == 1
     train_images = len(methods.build_run(one, "ours", adversary="dra", progress=False)["train"])
     # 2 processes, half the batch each: as many updates per epoch as one process with the whole batch
     assert state["fit_args"]["processes"] == 2

@@ -98,6 +98,19 @@ def test_only_some_notebooks(tmp_path):
     assert {w.notebook for w in items} == {"02"} and names == {"vanilla"}
 
 
+def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the_rest_is_not(tmp_path):
+    cfg = config("quick", tmp_path)
+    work = by_what(estimate.plan(cfg, only=["03"])[0])
+    assert work["methods table, seed 0"].shared and work["strong (AutoAttack, as if no image fell)"].shared
+    assert not work["methods table (masking probes)"].shared and not work["natural-all, seed 0"].shared
+    one_second = lambda cfg, units, **kw: {u: 1.0 for u in units}        # every unit costs 1 s: count what is split
+    with mock.patch.object(estimate, "measure", one_second):
+        one, two = (estimate.estimate(cfg, only=["03"], nproc=n).set_index("what")["seconds"] for n in (1, 2))
+    for what, w in work.items():
+        split = w.shared or w.unit[0] == "train"
+        assert two[what] == (one[what] / 2 if split else one[what]), what
+
+
 def test_the_estimate_times_every_kind_of_work_on_the_device(tmp_path):
     cfg = config("quick", tmp_path, smoke=True)
     table = estimate.estimate(cfg, batches=1)
