@@ -75,7 +75,8 @@ def _estimate(args) -> int:
     print(estimate.summary(table))
     if nproc > 1:
         print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, as if they "
-              f"exchanged gradients and started for free (a lower bound); attacks and evaluation stay in one process")
+              f"exchanged gradients and started for free (a lower bound); the evaluation tables' attacks split among them, "
+              f"the rest of the attacks in one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--retrain", action="store_true", help="train again even if the run directory has checkpoints")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
     run.add_argument("--no-estimate", action="store_true", help="start without printing the predicted wall time")
-    run.add_argument("--nproc", default=None, help="train each run with this many processes under torchrun, one GPU "
-                                                  "each on CUDA (default: $ROBUSTLIB_NPROC or 1)")
+    run.add_argument("--nproc", default=None, help="train each run, and attack each evaluation table's images, with this many "
+                                                  "processes under torchrun, one GPU each on CUDA (default: "
+                                                  "$ROBUSTLIB_NPROC or 1)")
     est = sub.add_parser("estimate", help="predict the wall time of the notebooks on a device",
                          description="Count the work of notebooks 00-06 from the profile and time each kind of "
                                      "work for a few batches on the device; print the predicted wall time per "

@@ -322,7 +322,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, protocol: str = "paper",
                     steps: int = PAPER_STEPS, batch_size: int = 256, seed: int = 0, shard: bool = False,
-                    fast: bool = False, **options) -> tuple[dict, torch.Tensor]:
+                    fast: bool = False, adversarial: bool = True, **options) -> tuple[dict, torch.Tensor | None]:
     """Robust accuracy of ``model`` at L-inf radius ``eps`` under a named protocol of ``PROTOCOLS``.
 
     Protocols
@@ -346,6 +346,9 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
     ``fast``: the PGD iterates at the process's attack precision (:func:`set_attack_precision`; the decisions
     stay float32, AutoAttack too), as :func:`evaluate_table` runs them. Off by default: an attack that chooses
     a setting (a calibration, the budget decision) stays float32 wherever it runs.
+
+    ``adversarial=False``: the adversarial batch is not returned (``None``), and under ``shard`` not gathered
+    from the processes (a table that only counts saves sending every image to every process).
 
     Returns
     -------
@@ -380,19 +383,21 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, 
         ok, x_adv, settings, parts = torch.zeros(0, dtype=torch.bool), x.detach().cpu(), None, {}
     if shard and distributed.active():
         shards = distributed.gather_objects((len(y), settings, parts))
-        clean_ok, ok, x_adv = (distributed.gather(t.cpu()) for t in (clean_ok, ok, x_adv))
+        clean_ok, ok = (distributed.gather(t.cpu()) for t in (clean_ok, ok))
+        x_adv = distributed.gather(x_adv.cpu()) if adversarial else None
         settings = next(s for _, s, _ in shards if s is not None)
         keys = next(p for m, _, p in shards if m)         # each part's fractions, weighted by its images
         parts = {k: sum(m * p[k] for m, _, p in shards if m) / n for k in keys}
     row = {"eps": label, "eps_value": eps_value, "protocol": protocol, "attack": settings, "n": n,
            "clean_acc": clean_ok.float().mean().item(), "robust_acc": ok.float().mean().item(),
            "success_rate": (clean_ok & ~ok).sum().item() / max(1, clean_ok.sum().item()), **parts}
-    return row, x_adv
+    return row, (x_adv if adversarial else None)
 
 
 def robustness_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_list, protocol: str = "paper",
                      **kwargs) -> pd.DataFrame:
     """One :func:`robust_accuracy` row per eps, as a DataFrame."""
+    kwargs = {"adversarial": False, **kwargs}         # rows only: no adversarial batch kept
     return pd.DataFrame([robust_accuracy(model, x, y, eps=e, protocol=protocol, **kwargs)[0] for e in eps_list])
 
 
@@ -540,13 +545,14 @@ def evaluate_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps_list, 
             row["natural-all"] = accuracy(model, *natural_on)
         for e in eps_list:
             for protocol in protocols:
-                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed, shard=shard, fast=fast)
+                result, _ = robust_accuracy(model, x, y, eps=e, protocol=protocol, seed=seed, shard=shard, fast=fast,
+                                            adversarial=False)
                 row[f"{PROTOCOLS[protocol].column}@{result['eps']}"] = result["robust_acc"]
         if autoattack_eps is not None and autoattack_n > 0:
             idx = attack_subset(len(y), min(autoattack_n, len(y)), seed)
             strong, _ = robust_accuracy(model, x[idx], y[idx], eps=autoattack_eps, protocol="strong", seed=seed,
                                         state_dir=state_dir, autoattack_attacks=autoattack_attacks, shard=shard,
-                                        fast=fast)
+                                        fast=fast, adversarial=False)
             row["natural (aa)"] = strong["clean_acc"]
             row[f"{PROTOCOLS['pgd-rs'].column}@{strong['eps']} (aa)"] = strong["pgd_rs_acc"]
             row[f"{PROTOCOLS['strong'].column}@{strong['eps']}"] = strong["robust_acc"]

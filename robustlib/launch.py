@@ -25,7 +25,6 @@ Several machines: run the notebooks' code under ``torchrun`` yourself (README).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import subprocess
@@ -43,6 +42,7 @@ from . import distributed
 from .io import RobustlibError, ensure_dir, save_torch
 
 NPROC_ENV = "ROBUSTLIB_NPROC"
+EVAL_SPEC = ".eval.pt"          # the suffix of an evaluation's call file (evaluate_elsewhere)
 
 
 def parse_nproc(value, where: str = "nproc") -> int:
@@ -107,15 +107,14 @@ def evaluate_elsewhere(nproc: int, models: dict, x: torch.Tensor, y: torch.Tenso
     table process 0 wrote. The models, images and table travel through a temporary directory."""
     from .evaluate import attack_precision
     device = next((p.device.type for m in models.values() for p in m.parameters()), "cpu")
-    cpu = lambda t: t.detach().cpu() if torch.is_tensor(t) else t
-    if kwargs.get("natural_on") is not None:
-        kwargs = {**kwargs, "natural_on": tuple(map(cpu, kwargs["natural_on"]))}
     print(f"evaluating {', '.join(models)} under torchrun with {nproc} processes", flush=True)
     with tempfile.TemporaryDirectory(prefix="robustlib-eval-") as tmp:
-        spec, out = Path(tmp) / "spec.pt", Path(tmp) / "table.pkl"
+        # the models and images as they are (on a GPU, too): each process reads them onto the CPU (EVAL_SPEC), then
+        # moves them to its own device
+        spec, out = Path(tmp) / f"spec{EVAL_SPEC}", Path(tmp) / "table.pkl"
         save_torch({"call": "robustlib.launch:_evaluate_here", "device": device, "on_device": x.device.type != "cpu",
-                    "models": {k: copy.deepcopy(m).cpu() for k, m in models.items()}, "x": cpu(x), "y": cpu(y),
-                    "kwargs": kwargs, "precision": attack_precision(), "out": str(out), "owner": os.getpid()}, spec)
+                    "models": models, "x": x, "y": y, "kwargs": kwargs, "precision": attack_precision(),
+                    "cudnn_benchmark": torch.backends.cudnn.benchmark, "out": str(out), "owner": os.getpid()}, spec)
         _torchrun(nproc, spec, "evaluation")
         return pd.read_pickle(out)
 
@@ -125,6 +124,7 @@ def _evaluate_here(spec: dict) -> None:
     from .evaluate import evaluate_table, set_attack_precision
     device = distributed.init(spec["device"])
     set_attack_precision(spec["precision"])
+    torch.backends.cudnn.benchmark = spec["cudnn_benchmark"]     # as robustlib.setup left the notebook's process
     place = lambda t: t.to(device) if spec["on_device"] else t      # the images where the notebook kept them
     models = {k: m.to(device) for k, m in spec["models"].items()}
     kwargs = dict(spec["kwargs"])
@@ -197,7 +197,8 @@ def _stop_with(owner: int) -> None:
 
 
 def _main(spec_path: str) -> int:
-    spec = torch.load(spec_path, weights_only=False)
+    # an evaluation's models and images onto the CPU first, whatever device they were saved from
+    spec = torch.load(spec_path, weights_only=False, map_location="cpu" if spec_path.endswith(EVAL_SPEC) else None)
     _stop_with(spec["owner"])
     module, _, fn = spec["call"].partition(":")
     call = getattr(__import__(module, fromlist=[fn]), fn)
@@ -207,6 +208,8 @@ def _main(spec_path: str) -> int:
             return 0
         device = distributed.init(spec["cfg"].device)
         cfg = dataclasses.replace(spec["cfg"], device=device)
+        p = cfg.profile                 # setup's backend choice for the fast paths, as in the notebook's process
+        torch.backends.cudnn.benchmark = device.type == "cuda" and p.channels_last
         call(cfg, **spec["kwargs"], data=spec["data"], progress=spec["progress"] and distributed.is_main())
     except RobustlibError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

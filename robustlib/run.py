@@ -129,7 +129,8 @@ def run_sequence(profile: str = "quick", *, device: str = "auto", run_dir: str |
     one line instead of after a long notebook. Ctrl-C (or a signal turned into ``KeyboardInterrupt``) raises
     :class:`Interrupted`, naming the notebooks completed. ``estimate``: print the predicted wall time of a
     full (not smoke) run before it starts. ``nproc`` > 1: each run that must be trained is trained by that many
-    processes under torchrun (:mod:`robustlib.launch`; default ``$ROBUSTLIB_NPROC`` or 1).
+    processes under torchrun, and each evaluation table's attacks are split among as many (:mod:`robustlib.launch`;
+    default ``$ROBUSTLIB_NPROC`` or 1).
     """
     smoke = smoke_requested() if smoke is None else smoke
     cfg = setup(profile, device=device, run_dir=run_dir, data_root=data_root, overrides=overrides, smoke=smoke,
@@ -176,6 +177,14 @@ def _print_estimate(cfg, books: list[Path], *, profile, device, overrides) -> No
     print("\n".join(["predicted wall time (python -m robustlib estimate):", *lines[1:]]), flush=True)
 
 
+def _from_notebooks(path: Path) -> str:
+    """``path`` as the notebooks' parameters cell shows it: relative to ``notebooks/`` (the kernel's working
+    directory) where it lies inside the checkout (``../runs/quick``: the same on every machine), else absolute."""
+    path = Path(path).resolve()
+    root = repo_root()
+    return os.path.relpath(path, root / "notebooks") if path.is_relative_to(root) else str(path)
+
+
 def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device, overrides, smoke, retrain,
                log_output, sockets) -> None:
     """Execute ``books`` in order, appending each one's stem to ``completed`` when it is done."""
@@ -185,13 +194,13 @@ def _run_books(cfg, books: list[Path], completed: list[str], *, profile, device,
     os.environ.setdefault("TQDM_MININTERVAL", "5")   # few progress updates: no IOPub flood under papermill
     out_dir = cfg.path("notebooks")
     print(f"{'smoke' if smoke else 'full'} run of profile {profile!r} on {cfg.device}"
-          f"{f' (training: {cfg.nproc} processes)' if cfg.nproc > 1 else ''}: {len(books)} notebook(s)"
+          f"{f' (training and evaluation tables: {cfg.nproc} processes)' if cfg.nproc > 1 else ''}: {len(books)} notebook(s)"
           f" -> {cfg.run_dir}", flush=True)
     for nb in books:
         out = out_dir / nb.name
         partial = out_dir / f".{nb.stem}.{os.getpid()}.partial.ipynb"
-        params = dict(profile=profile, device=device, run_dir=str(cfg.run_dir), data_root=str(cfg.data_root),
-                      overrides=dict(overrides or {}), retrain=retrain)
+        params = dict(profile=profile, device=device, run_dir=_from_notebooks(cfg.run_dir),
+                      data_root=_from_notebooks(cfg.data_root), overrides=dict(overrides or {}), retrain=retrain)
         print(f"  {nb.name} ...", end="", flush=True)
         t0 = time.perf_counter()
         recorded = cfg.path("notebooks", f".{nb.stem}.settings.json")     # the kernel's setup writes it

@@ -823,5 +823,5 @@ def pretrain(cfg, *, retrain: bool = False, progress: bool = True, data=None, se
     if loaded is None:
         return train()
     if progress:
-        print(f"loaded theta_std from {cfg.path('checkpoints', name + '.pt')} (pass retrain=True to train it again)")
+        print(f"loaded theta_std from {cfg.shown('checkpoints', name + '.pt')} (pass retrain=True to train it again)")
     return loaded[:2]

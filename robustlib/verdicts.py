@@ -182,8 +182,8 @@ def reading(df: pd.DataFrame, reference: str, columns: Mapping[str, str], *, key
     if all(between(df, r, reference, col, key=key).seeds < 2 for r in names if r != reference for col in columns):
         tail = "With one seed there is no interval: these differences are not evidence either way."
     elif found:
-        tail = (f"Beyond the noise: {'; '.join(found)}. Of {comparisons} comparisons at 95% each, about "
-                f"{comparisons / 20:.1g} would fall outside by chance alone, so one such result is weak evidence.")
+        tail = (f"Beyond the noise: {'; '.join(found)}. That is {len(found)} of {comparisons} comparisons, each at 95%: "
+                f"about {comparisons / 20:.1g} would fall outside by chance alone, so a single one is weak evidence.")
     else:
         tail = ("Every interval contains 0: these seeds cannot tell the variants from the reference apart "
                 "(differences as large as the intervals are not ruled out).")

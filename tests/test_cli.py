@@ -1,5 +1,6 @@
 """The command line: one clear line and a non-zero exit for bad input; a smoke run writes its results."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,18 @@ def test_smoke_run_of_the_pretraining_notebook(tmp_path):
     r = cli("run", "--profile", "quick", "--smoke", "--only", "02", "--run-dir", str(run_dir))
     assert r.returncode == 2 and "cannot read checkpoint" in r.stderr and "retrain=True" in r.stderr
     assert ckpt.read_bytes() == b"garbage"
+
+
+def test_the_parameters_cell_shows_a_run_inside_the_checkout_relative_to_the_notebooks(tmp_path):
+    """What a committed course shows: ``run_dir = "../runs/quick"``, the same on every machine; a folder outside
+    the checkout stays absolute (relative to the kernel's working directory, notebooks/, both resolve alike)."""
+    from robustlib.config import repo_root
+    from robustlib.run import _from_notebooks
+    assert _from_notebooks(repo_root() / "runs" / "quick") == os.path.join("..", "runs", "quick")
+    assert _from_notebooks(repo_root() / "data") == os.path.join("..", "data")
+    assert _from_notebooks(tmp_path / "run") == str((tmp_path / "run").resolve())
+    assert (repo_root() / "notebooks" / _from_notebooks(repo_root() / "runs" / "quick")).resolve() == \
+        (repo_root() / "runs" / "quick").resolve()
 
 
 def test_select_finetune_script_compares_variants_on_the_held_out_split(tmp_path, monkeypatch):

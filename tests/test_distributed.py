@@ -82,7 +82,7 @@ def test_two_processes_fine_tune_like_one_and_resume_exactly(theta, tmp_path):
     assert json.loads((tmp_path / "out2b.json").read_text()) == results[2]     # the same weights, bit for bit
 
 
-def test_an_evaluation_table_asked_for_2_processes_is_computed_by_them_and_matches_one_process(theta, capfd):
+def test_an_evaluation_table_asked_for_2_processes_is_computed_by_them_and_matches_one_process(theta, tmp_path, capfd):
     """``run --nproc 2`` (``set_evaluation_processes(2)``, as robustlib.setup does): a notebook's evaluation
     table is computed by 2 processes under torchrun, each attacking half of the images, and comes back here:
     without a random start the very numbers of one process, with one a different draw of the starts."""
@@ -91,17 +91,21 @@ def test_an_evaluation_table_asked_for_2_processes_is_computed_by_them_and_match
     model.load_state_dict(torch.load(theta, weights_only=True))
     test = load_dataset("digits", "test")
     x, y = test.float_x(), test.y
-    kwargs = dict(eps_list=["0.1"], natural_on=(x, y))
-    one = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], **kwargs)
+    kwargs = dict(eps_list=["0.1"], natural_on=(x, y), autoattack_eps="0.1", autoattack_n=20,
+                  autoattack_attacks=("apgd-ce",))
+    one = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], state_dir=tmp_path / "one", **kwargs)
     assert "torchrun" not in capfd.readouterr().out
     evaluate.set_evaluation_processes(2)
-    two = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], **kwargs)
+    two = evaluate.evaluate_table({"theta": model}, x[:200], y[:200], state_dir=tmp_path / "two", **kwargs)
     assert "evaluating theta under torchrun with 2 processes" in capfd.readouterr().out
-    assert list(two.columns) == list(one.columns) and two["images"].item() == 200
-    for column in ("natural", "natural-all", "pgd@0.1"):
+    assert list(two.columns) == list(one.columns) and two["images"].item() == 200 and two["images (aa)"].item() == 20
+    for column in ("natural", "natural-all", "pgd@0.1", "natural (aa)"):
         assert two[column].item() == one[column].item(), column
     assert abs(two["pgd-rs@0.1"].item() - one["pgd-rs@0.1"].item()) <= 4 / 200
+    assert abs(two["strong@0.1"].item() - one["strong@0.1"].item()) <= 2 / 20
     assert 0.2 < one["pgd@0.1"].item() < one["natural"].item()         # an attack that breaks some, not all
+    # each process attacked its own part with AutoAttack, its resumable state in a folder of its own
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["rank0", "rank1"]
 
 
 def test_the_metrics_of_all_processes_are_reduced(monkeypatch):
@@ -155,7 +159,7 @@ def test_a_notebook_run_with_nproc_2_trains_under_torchrun_then_loads(tmp_path, 
                         "--only", "02", "--nproc", "2", "--run-dir", str(tmp_path / "run")],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
-    assert "(training: 2 processes)" in r.stdout
+    assert "(training and evaluation tables: 2 processes)" in r.stdout
     assert load_torch(tmp_path / "run" / "checkpoints" / "vanilla.last.pt")["fit_args"]["processes"] == 2
     # the library: a method's run, trained by 2 processes, then loaded in this one
     cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path / "run"), smoke=True, nproc=2)

@@ -79,7 +79,7 @@ def test_an_ablations_reading_says_what_differs_beyond_the_noise_and_only_that()
     assert ("- *a* (3 seeds): natural accuracy +0.3 [-4.1, +4.7], not distinguishable; robust accuracy +10.0 "
             "[+2.4, +17.6], higher") in text
     assert ("Beyond the noise: *a*, robust accuracy: higher (+10.0 [+2.4, +17.6]); *b*, natural accuracy: lower "
-            "(-5.0 [") in text and "Of 4 comparisons" in text
+            "(-5.0 [") in text and "That is 2 of 4 comparisons, each at 95%" in text
     assert "seed and test-sample noise" in text
     assert verdicts.points(-1e-12) == "+0.0" and verdicts.points(-0.0123) == "-1.2"    # never a -0.0
     same = df.assign(natural=[.90, .91, .92] * 3, **{"pgd@0.1": [.5, .52, .51] * 3})
