@@ -134,6 +134,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise RobustlibError(f"device {device!r} is not supported by robustlib; use auto, cpu, cuda or cuda:N")
 
 
+def use_fast_backends(prof, dev: torch.device) -> None:
+    """The fast paths' backend choice for this process (the paper profiles on CUDA): cuDNN picks its fastest
+    convolution per shape, at the cost of bitwise repeatability. Every process of a run makes it alike
+    (:func:`setup`, and torchrun's training processes in :mod:`robustlib.launch`)."""
+    if dev.type == "cuda" and prof.channels_last:
+        torch.backends.cudnn.benchmark = True
+
+
 def shown_path(path) -> Path:
     """``path`` relative to the checkout (:func:`repo_root`) where it is inside it, else as it is."""
     path, root = Path(path), repo_root()
@@ -352,8 +360,7 @@ def setup(
     set_evaluation_processes(nproc)       # nproc > 1: the evaluation tables' attacks sharded under torchrun too
     run_dir = ensure_dir(Path(run_dir).expanduser().resolve())
     torch.manual_seed(prof.seed)
-    if dev.type == "cuda" and prof.channels_last:    # the fast paths (the paper profiles): cuDNN picks its fastest
-        torch.backends.cudnn.benchmark = True        # convolution per shape, at the cost of bitwise repeatability
+    use_fast_backends(prof, dev)
     cfg = RunConfig(prof, dev, run_dir, Path(data_root).expanduser(), dict(overrides or {}), nproc=nproc)
     stem = os.environ.get(NOTEBOOK_ENV, "")
     if re.fullmatch(r"\d\d_\w+", stem):     # a kernel of `run`: what this notebook runs with, for the report

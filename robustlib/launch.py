@@ -198,6 +198,7 @@ def _stop_with(owner: int) -> None:
 
 def _main(spec_path: str) -> int:
     # an evaluation's models and images onto the CPU first, whatever device they were saved from
+    from .config import use_fast_backends
     spec = torch.load(spec_path, weights_only=False, map_location="cpu" if spec_path.endswith(EVAL_SPEC) else None)
     _stop_with(spec["owner"])
     module, _, fn = spec["call"].partition(":")
@@ -208,8 +209,7 @@ def _main(spec_path: str) -> int:
             return 0
         device = distributed.init(spec["cfg"].device)
         cfg = dataclasses.replace(spec["cfg"], device=device)
-        p = cfg.profile                 # setup's backend choice for the fast paths, as in the notebook's process
-        torch.backends.cudnn.benchmark = device.type == "cuda" and p.channels_last
+        use_fast_backends(cfg.profile, device)        # as setup chose for the notebook's process
         call(cfg, **spec["kwargs"], data=spec["data"], progress=spec["progress"] and distributed.is_main())
     except RobustlibError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
