@@ -277,15 +277,17 @@ def _notebook_05(c: _Counter) -> None:
 
 def _notebook_06(c: _Counter) -> None:
     """The frontier: every run of :func:`robustlib.frontier.sweep` per seed (notebook 03's are loaded), each on
-    the methods table's radii and on the held-out split (PGD-20 at main_eps, the paper protocol)."""
+    the methods table's radii and on the held-out split (PGD-20 at main_eps and at frontier_goal_eps, the paper
+    protocol)."""
     cfg, p, n = c.cfg, c.cfg.profile, _eval_images(c)
     rows = frontier.sweep(cfg)
     for seed in p.seeds:
         for r in rows:
             c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"), check=r["reused"])   # as train_grid
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
-        c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size, len(rows) * PAPER_STEPS,
-                 len(rows) * 3, shared=True)
+        radii = len({p.main_eps, p.frontier_goal_eps or p.main_eps})      # the held-out PGD at each choice radius
+        c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size,
+                 len(rows) * radii * PAPER_STEPS, len(rows) * (1 + 2 * radii), shared=True)
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,

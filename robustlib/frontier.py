@@ -33,7 +33,11 @@ from .profiles import Recorder, parse_eps
 CONTROL = "Control"
 VANILLA = "Vanilla"            # drawn as a marker, never selected: theta_std is where every run starts
 # the recipe's variants (issue 16, "moving the frontier"): methods.METHODS entries, each swept over the DRA budget
-VARIANTS = {"ours-trades": "Ours + TRADES KL", "ours-swa": "Ours + SWA"}   # the keys: profiles.FRONTIER_VARIANTS
+VARIANTS = {"ours-trades": "Ours + TRADES KL", "ours-swa": "Ours + SWA",       # the keys: profiles.FRONTIER_VARIANTS
+            "ours-const": "Ours + constant ε_max"}
+# a variant of the recipe's budget schedule, not of its objective: the method "ours" on these profile fields (the tag
+# and fields of notebook 04's schedule ablation "constant eps_max, no tail", whose run it is at the profile's budget)
+SCHEDULES = {"ours-const": ("const-notail", lambda p: dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=False))}
 NOTEBOOK_03 = ("vanilla", "control", "trades", "madry", "mart", "ours")    # methods notebook 03 trains
 HELD_OUT = "heldout "          # prefix of the held-out columns train_grid adds ("heldout natural", ...)
 
@@ -46,7 +50,8 @@ def sweep(cfg) -> list[dict]:
     """The frontier's runs as rows for :func:`~robustlib.methods.train_grid`: the vanilla model (theta_std, a
     marker) and the control, then each method at each knob value the profile lists (``frontier_trades_betas``;
     ``frontier_eps_scales`` times ``main_eps`` for Madry and MART; ``frontier_dra_scales`` times both DRA
-    budgets for the fine-tune and for each of the profile's ``frontier_variants``, :data:`VARIANTS`). Each row
+    budgets for the fine-tune and for each of the profile's ``frontier_variants``, :data:`VARIANTS`: a methods
+    entry, or for a schedule variant (:data:`SCHEDULES`) the fine-tune on changed profile fields). Each row
     carries ``family`` (the method), ``knob`` (what was swept) and ``value``; a value equal to the profile's
     own setting is the profile's own run (notebook 03's, or notebook 00's for its TRADES values), loaded, not
     trained again; ``reused`` says which, and
@@ -69,15 +74,18 @@ def sweep(cfg) -> list[dict]:
             c = base if scale == 1 else base.variant(f"eps{eps}", main_eps=eps)
             rows.append(dict(name=f"{family}, ε = {eps}", cfg=c, method=method, family=family, knob="ε",
                              value=float(eps)))
-    for method, family in (("ours", "Ours"), *((v, VARIANTS[v]) for v in p.frontier_variants)):
+    for variant, family in (("ours", "Ours"), *((v, VARIANTS[v]) for v in p.frontier_variants)):
+        method, own = ("ours", cfg.variant(SCHEDULES[variant][0], **SCHEDULES[variant][1](p))) \
+            if variant in SCHEDULES else (variant, cfg)
+        q = own.profile
         for scale in p.frontier_dra_scales:
-            c = cfg if scale == 1 else cfg.variant(f"dra{scale:g}x", ft_eps_max=p.ft_eps_max * scale,
-                                                   ft_eps_min=p.ft_eps_min * scale)
+            c = own if scale == 1 else own.variant(f"dra{scale:g}x", ft_eps_max=q.ft_eps_max * scale,
+                                                   ft_eps_min=q.ft_eps_min * scale)
             rows.append(dict(name=f"{family}, DRA ε_max = {p.ft_eps_max * scale:g}", cfg=c, method=method,
                              family=family, knob="DRA ε_max", value=float(p.ft_eps_max * scale)))
     from .methods import METHODS, table_i_betas     # here: methods imports much that frontier does not need
     for v in p.frontier_variants:           # refuse a variant the profile cannot train before anything trains
-        if METHODS[v].check:
+        if v in METHODS and METHODS[v].check:
             METHODS[v].check(Recorder(p))
     for r in rows:      # an earlier notebook's run (loaded), or one this notebook trains (and retrains, if asked)
         r["reused"] = r["cfg"] is cfg and r["method"] in NOTEBOOK_03 and (r["method"] != "trades"
@@ -131,6 +139,19 @@ def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_
     return pd.concat(out, ignore_index=True)
 
 
+def choices(first: pd.DataFrame, second: pd.DataFrame) -> str:
+    """Where two selections (:func:`select` at two radii) chose differently, in words: ``"TRADES seed 0: 0.1 ->
+    0.3; ..."``, ``"none"`` where they agree ("none kept" where a method had no run at the control's accuracy)."""
+    def picks(chosen):
+        runs = chosen[chosen["method"] != CONTROL]
+        return {(m, s): v for m, s, v in zip(runs["method"], runs["seed"], runs["value"])}
+    a, b = picks(first), picks(second)
+    shown = lambda v: "none kept" if v is None or v != v else f"{v:g}"
+    moved = [f"{m} seed {s}: {shown(a.get((m, s)))} → {shown(b.get((m, s)))}" for m, s in dict.fromkeys([*a, *b])
+             if shown(a.get((m, s))) != shown(b.get((m, s)))]
+    return "; ".join(moved) or "none"
+
+
 def lead_column(chosen: pd.DataFrame, robust: str) -> str:
     """The column the lead is read on: ``heldout <robust>``, else the one held-out robust column the selection
     was made on (another radius), else ``robust`` itself (on the test images: then the lead is not a choice
@@ -164,6 +185,18 @@ def verdict(chosen: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_L
             "against": {m: verdicts.between(chosen, best, m, robust) for m in means.index if m != best},
             "kept": {m: verdicts.between(chosen, m, CONTROL, "natural", margin=margin) for m in means.index},
             "missing": lost}
+
+
+def headline(v: dict, eps) -> str:
+    """A :func:`verdict` in one sentence: the leader at ``eps`` and its difference from each other method on the
+    test images, each beyond the noise or within it."""
+    if v["best"] is None:
+        return "no method kept the accuracy."
+    beyond = lambda c: {verdicts.HOLDS: "beyond the noise", verdicts.FAILS: "below, beyond the noise"}.get(
+        c.verdict, "within the noise")
+    return (f"**{v['best']}** leads at ε = {eps}; on the test images "
+            + ("; ".join(f"{v['best']} − {m} {verdicts.points(c.diff)} points ({beyond(c)})" for m, c in v["against"].items())
+               or "no other method kept the accuracy") + ".")
 
 
 def said(c) -> str:

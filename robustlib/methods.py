@@ -321,11 +321,14 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     ``pgd-rs@<eps>``, ``seed``, ``run`` and the extras; with ``probe_n``, the first seed's rows also carry the
     gradient-masking probes at ``probe_eps`` on ``probe_n`` images, PGD-``probe_steps`` with ``probe_restarts``
     restarts (:func:`robustlib.masking.add_probes`). With ``heldout=(x, y)`` every row also carries
-    ``heldout natural`` and ``heldout pgd@<heldout_eps>`` (the paper protocol on those images): what a choice
-    among the rows is made on (:func:`robustlib.frontier.select`), never the test images.
+    ``heldout natural`` and ``heldout pgd@<eps>`` for each radius of ``heldout_eps`` (one radius or a list; the
+    paper protocol on those images): what a choice among the rows is made on (:func:`robustlib.frontier.select`),
+    never the test images.
     """
     if heldout is not None and heldout_eps is None:
-        raise RobustlibError("train_grid(heldout=...) needs heldout_eps, the radius the held-out PGD column is at")
+        raise RobustlibError("train_grid(heldout=...) needs heldout_eps, the radius (or radii) of the held-out PGD "
+                             "columns, e.g. heldout_eps='0.1'")
+    heldout_radii = [heldout_eps] if isinstance(heldout_eps, (str, float, int)) else list(heldout_eps or [])
     out, retrained = [], set()
     for seed in seeds:
         for row in rows:
@@ -343,7 +346,7 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
                 table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,
                                            steps=probe_steps, restarts=probe_restarts)
             if heldout is not None:
-                h = evaluate_table({name: res["model"]}, *heldout, eps_list=[heldout_eps], protocols=("paper",),
+                h = evaluate_table({name: res["model"]}, *heldout, eps_list=heldout_radii, protocols=("paper",),
                                    seed=seed, fast=False)     # a choice is made on it: float32 on every CPU
                 table = table.assign(**{f"heldout {c}": h[c].iloc[0] for c in h.columns
                                         if c == "natural" or c.startswith("pgd@")})

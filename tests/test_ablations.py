@@ -70,6 +70,13 @@ def test_train_grid_and_mean_std(tmp_path):
     # retrain redoes a tagged variant (once, though listed twice) and never the profile's own run (notebook 03's)
     assert (ckpt / "ours-s0.pt").stat().st_mtime_ns == before["ours-s0.pt"]
     assert (ckpt / "ours-p1-s0.pt").stat().st_mtime_ns > before["ours-p1-s0.pt"]
+    # the held-out columns a choice is made on, at each radius asked for (notebook 06: main_eps and its target)
+    held = train_grid(rows[:1], x, y, seeds=(0,), eps_list=["0.1"], heldout=(x[:8], y[:8]), heldout_eps=["0.1", "0.03"])
+    assert {"heldout natural", "heldout pgd@0.1", "heldout pgd@0.03"} <= set(held.columns)
+    assert "heldout pgd@0.03" not in train_grid(rows[:1], x, y, seeds=(0,), eps_list=["0.1"], heldout=(x[:8], y[:8]),
+                                                heldout_eps="0.1").columns
+    with pytest.raises(RobustlibError, match="needs heldout_eps"):
+        train_grid(rows[:1], x, y, seeds=(0,), eps_list=["0.1"], heldout=(x[:8], y[:8]))
     mean, std = mean_std(per_seed)
     assert list(mean["method"]) == ["p = 1/3", "p = 1"] and "p" not in mean.columns
     # each row says what it rests on: the seeds averaged and the images every column was measured on

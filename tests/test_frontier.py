@@ -149,3 +149,39 @@ def test_points_far_below_the_control_are_named_not_drawn(tmp_path):
     fig = plots.frontier(df, robust=[ROB], title="t", run_dir=tmp_path, name="frontier")
     assert fig.axes[0].get_ylim()[0] == pytest.approx(93.7)       # zoomed on the points within 5 of the control's 95%
     assert any("MART ε = 0.2 (26.0% clean)" in t.get_text() for t in fig.texts)
+
+
+def test_the_choice_at_another_radius_is_its_own_selection_and_its_changes_are_named():
+    goal = "pgd@0.03"
+    rows = [(*r, 0.5, 0.5) for r in CONTROL] + [
+        # at 0.1 the larger budget wins on the held-out split, at 0.03 the smaller one
+        *[("Ours", 4.0, s, 0.95, 0.30, 0.94, 0.50, 0.95, 0.80) for s in (0, 1, 2)],
+        *[("Ours", 8.0, s, 0.95, 0.35, 0.95, 0.55, 0.95, 0.70) for s in (0, 1, 2)],
+        *[("TRADES", 0.1, s, 0.95, 0.20, 0.94, 0.20, 0.94, 0.60) for s in (0, 1, 2)]]
+    cols = ["family", "value", "seed", "natural", ROB, "heldout natural", "heldout " + ROB, goal, "heldout " + goal]
+    df = pd.DataFrame(rows, columns=cols).assign(method=lambda d: d["family"], images=360)
+    at_main, at_goal = frontier.select(df, ROB), frontier.select(df, goal)
+    assert (at_main.loc[at_main.method == "Ours", "value"] == 8.0).all()
+    assert (at_goal.loc[at_goal.method == "Ours", "value"] == 4.0).all()
+    assert frontier.verdict(at_goal, goal)["lead"] == "heldout " + goal
+    assert frontier.choices(at_main, at_goal) == "Ours seed 0: 8 → 4; Ours seed 1: 8 → 4; Ours seed 2: 8 → 4"
+    assert frontier.choices(at_main, at_main) == "none"
+    line = frontier.headline(frontier.verdict(at_goal, goal), "0.03")
+    assert line.startswith("**Ours** leads at ε = 0.03; on the test images Ours − TRADES +1.0 points (")
+    assert frontier.headline({"best": None}, "0.03") == "no method kept the accuracy."
+
+
+def test_the_constant_budget_variant_is_notebook_04s_schedule_run_at_each_budget(tmp_path):
+    cfg = robustlib.setup("quick", device="cpu", run_dir=str(tmp_path), smoke=False,
+                          overrides={"frontier_variants": ["ours-const"]})
+    p = cfg.profile
+    rows = [r for r in frontier.sweep(cfg) if r["family"] == "Ours + constant ε_max"]
+    assert [r["value"] for r in rows] == pytest.approx([p.ft_eps_max * s for s in p.frontier_dra_scales])
+    assert {r["method"] for r in rows} == {"ours"} and all(r["retrain"] and not r["reused"] for r in rows)
+    for r in rows:       # DRA at eps_max in every epoch, no decay and no clean tail, at the row's budget
+        q = r["cfg"].profile
+        assert not q.ft_clean_tail and q.ft_eps_min == q.ft_eps_max == pytest.approx(r["value"])
+    at_profile = next(r["cfg"] for r in rows if r["value"] == p.ft_eps_max)
+    # notebook 04's schedule ablation "constant eps_max, no tail": the same tag and fields, so the same run
+    assert at_profile.tag == "const-notail" and at_profile == cfg.variant(
+        "const-notail", ft_eps_min=p.ft_eps_max, ft_clean_tail=False)
