@@ -31,7 +31,7 @@ from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
 from .evaluate import PAPER_STEPS, _pgd_iterates, attack_precision, run_attack, set_attack_precision
 from .losses import Adversary, EpsSchedule
-from .methods import METHODS, _objective, make_adversary, run_name, table_i_betas
+from .methods import METHODS, _objective, make_adversary, run_name, schedules, table_i_betas
 from .models import FoldedBatchNorm, build_model, model_spec
 from .profiles import Profile, Recorder, parse_eps
 from .train import build_fast, fast_plan, fit, resolve_precision, vanilla_name
@@ -236,11 +236,7 @@ def _ablation_rows(cfg: RunConfig) -> list[tuple[RunConfig, str, str | None, flo
             for m in ("madry", "trades", "ours") for a in ("pgd", "dra")]
     rows += [(cfg if abs(q - p.dra_p) < 1e-9 else cfg.variant(f"p{q:.3g}", dra_p=q), "ours", None, None)
              for q in (0.0, 1 / 6, 1 / 3, 1 / 2, 1.0)]
-    lo = p.ft_eps_min if p.ft_eps_min < p.ft_eps_max else p.ft_eps_max / 4
-    for tag, fields in (("lin-tail", dict(ft_eps_min=lo, ft_clean_tail=True)),
-                        ("lin-notail", dict(ft_eps_min=lo, ft_clean_tail=False)),
-                        ("const-tail", dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=True)),
-                        ("const-notail", dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=False))):
+    for _, tag, fields in schedules(p):
         rows.append((cfg.variant(tag, **fields), "ours", None, None))
     for b in p.backbones:
         name, _, width = b.partition("/")
@@ -283,9 +279,9 @@ def _notebook_06(c: _Counter) -> None:
     rows = frontier.sweep(cfg)
     for seed in p.seeds:
         for r in rows:
-            c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"), check=r["reused"])   # as train_grid
+            c.method("06", r["cfg"], r["method"], seed, beta=r.get("beta"), check=r["check"])   # as train_grid
         _table(c, "06", f"frontier table, seed {seed}", p, len(rows), p.eval_eps, n)
-        radii = len({p.main_eps, p.frontier_goal_eps or p.main_eps})      # the held-out PGD at each choice radius
+        radii = len(frontier.choice_eps(p))          # the held-out PGD at each radius a knob may be chosen at
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size,
                  len(rows) * radii * PAPER_STEPS, len(rows) * (1 + 2 * radii), shared=True)
 

@@ -35,9 +35,19 @@ VANILLA = "Vanilla"            # drawn as a marker, never selected: theta_std is
 # the recipe's variants (issue 16, "moving the frontier"): methods.METHODS entries, each swept over the DRA budget
 VARIANTS = {"ours-trades": "Ours + TRADES KL", "ours-swa": "Ours + SWA",       # the keys: profiles.FRONTIER_VARIANTS
             "ours-const": "Ours + constant ε_max"}
-# a variant of the recipe's budget schedule, not of its objective: the method "ours" on these profile fields (the tag
-# and fields of notebook 04's schedule ablation "constant eps_max, no tail", whose run it is at the profile's budget)
-SCHEDULES = {"ours-const": ("const-notail", lambda p: dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=False))}
+# a variant of the recipe's budget schedule, not of its objective, so not a methods.METHODS entry: the method "ours"
+# on the profile fields of one of notebook 04's schedules (methods.schedules), named by its tag. At the profile's own
+# budget it is notebook 04's run itself, loaded, not trained again; at the other budgets it is trained here.
+SCHEDULES = {"ours-const": "const-notail"}      # DRA at eps_max in every epoch, no decay and no clean tail
+
+
+def choice_eps(p) -> list[str]:
+    """The radii a knob may be chosen at on the held-out split: ``main_eps`` (the ledger's rule) and the target
+    radius ``frontier_goal_eps`` where it is another radius (notebook 06 shows that choice as an alternative)."""
+    radii = {parse_eps(p.main_eps)[0]: p.main_eps}
+    if p.frontier_goal_eps is not None:
+        radii.setdefault(parse_eps(p.frontier_goal_eps)[0], p.frontier_goal_eps)
+    return list(radii.values())
 NOTEBOOK_03 = ("vanilla", "control", "trades", "madry", "mart", "ours")    # methods notebook 03 trains
 HELD_OUT = "heldout "          # prefix of the held-out columns train_grid adds ("heldout natural", ...)
 
@@ -53,8 +63,9 @@ def sweep(cfg) -> list[dict]:
     budgets for the fine-tune and for each of the profile's ``frontier_variants``, :data:`VARIANTS`: a methods
     entry, or for a schedule variant (:data:`SCHEDULES`) the fine-tune on changed profile fields). Each row
     carries ``family`` (the method), ``knob`` (what was swept) and ``value``; a value equal to the profile's
-    own setting is the profile's own run (notebook 03's, or notebook 00's for its TRADES values), loaded, not
-    trained again; ``reused`` says which, and
+    own setting is the profile's own run (notebook 03's, or notebook 00's for its TRADES values; notebook 04's
+    for a schedule variant), loaded, not trained again; ``reused`` says which, ``check`` whether the run keeps
+    its per-epoch held-out check (as where it is trained first), and
     ``retrain`` marks the others, which ``train_grid(retrain=True)`` trains again. Every run starts from the
     same theta_std: where the profile trains its baselines from scratch (``baseline_init``), the frontier's
     TRADES, Madry and MART rows are fine-tuned from theta_std instead, under the tag ``fromstd``."""
@@ -74,23 +85,30 @@ def sweep(cfg) -> list[dict]:
             c = base if scale == 1 else base.variant(f"eps{eps}", main_eps=eps)
             rows.append(dict(name=f"{family}, ε = {eps}", cfg=c, method=method, family=family, knob="ε",
                              value=float(eps)))
+    from .methods import METHODS, schedules, table_i_betas     # here: methods imports much that frontier does not need
     for variant, family in (("ours", "Ours"), *((v, VARIANTS[v]) for v in p.frontier_variants)):
-        method, own = ("ours", cfg.variant(SCHEDULES[variant][0], **SCHEDULES[variant][1](p))) \
-            if variant in SCHEDULES else (variant, cfg)
+        method, own = "ours" if variant in SCHEDULES else variant, cfg
+        if variant in SCHEDULES:            # notebook 04's schedule, under notebook 04's tag
+            own = cfg.variant(SCHEDULES[variant], **{t: f for _, t, f in schedules(p)}[SCHEDULES[variant]])
+            if own is cfg:
+                raise RobustlibError(f"frontier variant {variant!r} ({VARIANTS[variant]}) is the profile's own schedule "
+                                     f"on {p.name!r}: it would be Ours again; remove it from frontier_variants")
         q = own.profile
         for scale in p.frontier_dra_scales:
             c = own if scale == 1 else own.variant(f"dra{scale:g}x", ft_eps_max=q.ft_eps_max * scale,
                                                    ft_eps_min=q.ft_eps_min * scale)
             rows.append(dict(name=f"{family}, DRA ε_max = {p.ft_eps_max * scale:g}", cfg=c, method=method,
-                             family=family, knob="DRA ε_max", value=float(p.ft_eps_max * scale)))
-    from .methods import METHODS, table_i_betas     # here: methods imports much that frontier does not need
+                             family=family, knob="DRA ε_max", value=float(p.ft_eps_max * scale),
+                             **({"borrowed": "04"} if variant in SCHEDULES and scale == 1 else {})))
     for v in p.frontier_variants:           # refuse a variant the profile cannot train before anything trains
         if v in METHODS and METHODS[v].check:
             METHODS[v].check(Recorder(p))
     for r in rows:      # an earlier notebook's run (loaded), or one this notebook trains (and retrains, if asked)
-        r["reused"] = r["cfg"] is cfg and r["method"] in NOTEBOOK_03 and (r["method"] != "trades"
-                                                                          or r["beta"] in table_i_betas(p))
+        r["reused"] = bool(r.pop("borrowed", None)) or (
+            r["cfg"] is cfg and r["method"] in NOTEBOOK_03 and (r["method"] != "trades" or r["beta"] in table_i_betas(p)))
         r["retrain"] = not r["reused"]
+        # the per-epoch held-out check where the run's own notebook trains it: 03 and 00 keep it, 04's grid does not
+        r["check"] = r["reused"] and r["cfg"] is cfg
     return rows
 
 
@@ -101,7 +119,7 @@ def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_
     images (ties: the more accurate). Returns one row per method and seed: ``method`` (the family), ``seed``,
     ``value`` (the knob chosen, NaN where no run kept the accuracy), ``at edge`` (the chosen value is the
     largest the sweep has for that method and seed: its curve may reach further) and the test columns of that
-    run; the control's own rows first."""
+    run; the control's own rows first; ``chosen at`` names ``robust``, the radius of the choice."""
     need = {"family", "value", "seed", "natural", robust, HELD_OUT + "natural", HELD_OUT + robust}
     missing = sorted(need - set(per_seed.columns))
     if missing:
@@ -136,11 +154,11 @@ def select(per_seed: pd.DataFrame, robust: str, *, margin: float = verdicts.NOT_
                 continue
             best = kept.sort_values([HELD_OUT + robust, HELD_OUT + "natural"], ascending=False).iloc[:1]
             out.append(best.assign(method=family, **{"at edge": bool(best["value"].iloc[0] >= runs["value"].max())}))
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True).assign(**{"chosen at": robust})
 
 
 def choices(first: pd.DataFrame, second: pd.DataFrame) -> str:
-    """Where two selections (:func:`select` at two radii) chose differently, in words: ``"TRADES seed 0: 0.1 ->
+    """Where two selections (:func:`select` at two radii) chose differently, in words: ``"TRADES seed 0: 0.1 →
     0.3; ..."``, ``"none"`` where they agree ("none kept" where a method had no run at the control's accuracy)."""
     def picks(chosen):
         runs = chosen[chosen["method"] != CONTROL]
@@ -153,9 +171,13 @@ def choices(first: pd.DataFrame, second: pd.DataFrame) -> str:
 
 
 def lead_column(chosen: pd.DataFrame, robust: str) -> str:
-    """The column the lead is read on: ``heldout <robust>``, else the one held-out robust column the selection
-    was made on (another radius), else ``robust`` itself (on the test images: then the lead is not a choice
-    made before the test)."""
+    """The column the lead is read on: the held-out column the knobs were chosen on (``chosen at``, which
+    :func:`select` writes), else ``heldout <robust>``, else the one held-out robust column there is, else
+    ``robust`` itself (on the test images: then the lead is not a choice made before the test)."""
+    if "chosen at" in chosen.columns and chosen["chosen at"].notna().any():
+        at = HELD_OUT + str(chosen["chosen at"].dropna().iloc[0])
+        if at in chosen.columns:
+            return at
     if HELD_OUT + robust in chosen.columns:
         return HELD_OUT + robust
     held = [c for c in chosen.columns if c.startswith(HELD_OUT + "pgd")]
@@ -192,10 +214,8 @@ def headline(v: dict, eps) -> str:
     test images, each beyond the noise or within it."""
     if v["best"] is None:
         return "no method kept the accuracy."
-    beyond = lambda c: {verdicts.HOLDS: "beyond the noise", verdicts.FAILS: "below, beyond the noise"}.get(
-        c.verdict, "within the noise")
     return (f"**{v['best']}** leads at ε = {eps}; on the test images "
-            + ("; ".join(f"{v['best']} − {m} {verdicts.points(c.diff)} points ({beyond(c)})" for m, c in v["against"].items())
+            + ("; ".join(f"{v['best']} − {m} {said(c)}" for m, c in v["against"].items())
                or "no other method kept the accuracy") + ".")
 
 
@@ -343,9 +363,11 @@ def budget_reading(family: pd.DataFrame, robust: str, *, words: str | None = Non
     if not lines:
         return f"No variant beside {reference} in the table."
     verdict_line = (f"**More robust at the same budget, beyond the noise, without losing clean accuracy beyond it:** "
-                    f"{', '.join(moved)}: a move of the frontier there (one of {comparisons} comparisons at 95% each: "
-                    "weak evidence alone)." if moved else
+                    f"{', '.join(moved)}: a move of the frontier there if its clean accuracy is truly kept, which these "
+                    "images show only as not lower beyond the noise (not as within half a point); the frontier verdict, "
+                    f"at the control's accuracy, is the test of that. Each is one of {comparisons} comparisons at 95% "
+                    "each: weak evidence alone." if moved else
                     "**No budget where a variant is more robust than Ours beyond the noise** without losing clean "
-                    f"accuracy beyond it ({comparisons} comparisons): no evidence here that either moves the frontier; "
+                    f"accuracy beyond it ({comparisons} comparisons): no evidence here that any moves the frontier; "
                     "differences within the noise are not evidence that they do not.")
     return "\n".join([verdict_line, *lines])

@@ -101,6 +101,18 @@ def _ours_averaged(p, run) -> dict:
     return {"objective": Averaged(p.ft_epochs, p.ft_epochs // 2, clean_weight=p.ft_replay_ratio)}
 
 
+def schedules(p) -> list[tuple[str, str, dict]]:
+    """The fine-tune's budget schedules notebook 04 compares (Section IV-A: the linear decay and the clean tail,
+    each on or off), as ``(label, variant tag, profile fields)``: the decay runs from ``ft_eps_max`` to
+    ``ft_eps_min`` (to a quarter of it where the profile has no decay); "constant" keeps ``ft_eps_max``. The
+    frontier's variant ``ours-const`` is the last of them (:data:`robustlib.frontier.SCHEDULES`)."""
+    lo = p.ft_eps_min if p.ft_eps_min < p.ft_eps_max else p.ft_eps_max / 4    # a decay even where the profile has none
+    return [("linear decay + clean tail", "lin-tail", dict(ft_eps_min=lo, ft_clean_tail=True)),
+            ("linear decay, no tail", "lin-notail", dict(ft_eps_min=lo, ft_clean_tail=False)),
+            ("constant eps_max + clean tail", "const-tail", dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=True)),
+            ("constant eps_max, no tail", "const-notail", dict(ft_eps_min=p.ft_eps_max, ft_clean_tail=False))]
+
+
 TABLE_I_BETAS = (3.0,)   # notebook 00's TRADES sweep (Table I) adds these 1/λ to the profile's, outside smoke
 
 
@@ -313,7 +325,8 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     copied as descriptive columns (``p``, ``backbone``, ...). ``retrain`` trains the rows of tagged variants
     again, once each; runs of the untagged configuration (notebook 03's) and theta_std are only loaded. A row's
     own ``retrain`` key (True or False) overrides that choice for it (:func:`robustlib.frontier.sweep` marks the
-    untagged runs notebook 03 does not make). The grid's own rows train without the per-epoch held-out check
+    untagged runs notebook 03 does not make), and its ``check`` key whether the run keeps the per-epoch held-out
+    check. The grid's own rows train without the per-epoch held-out check
     (:func:`build_run`): a grid reads neither their learning curves nor their best checkpoints. The runs it
     borrows (a row whose ``retrain`` is False, or an untagged one: notebook 03's and 00's) keep it wherever they
     are trained first, since notebook 03 reads both.
@@ -329,6 +342,9 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
         raise RobustlibError("train_grid(heldout=...) needs heldout_eps, the radius (or radii) of the held-out PGD "
                              "columns, e.g. heldout_eps='0.1'")
     heldout_radii = [heldout_eps] if isinstance(heldout_eps, (str, float, int)) else list(heldout_eps or [])
+    if heldout is not None and not heldout_radii:
+        raise RobustlibError("train_grid(heldout=...) got no radius in heldout_eps: name at least one, e.g. "
+                             "heldout_eps=['0.1']")
     out, retrained = [], set()
     for seed in seeds:
         for row in rows:
@@ -337,10 +353,11 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             adversary, beta = extra.pop("adversary", None), extra.pop("beta", None)
             key = (cfg.tag, method, adversary, beta, seed)
             own = extra.pop("retrain", bool(cfg.tag))      # a row may say whether it is this grid's own run
+            check = extra.pop("check", not own)            # and whether it keeps the per-epoch held-out check
             again = retrain and own and method != "vanilla" and key not in retrained
             retrained.add(key)
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
-                               retrain=again, check=not own)
+                               retrain=again, check=check)
             table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
             if probe_n and seed == seeds[0]:
                 table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,

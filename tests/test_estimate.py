@@ -66,6 +66,21 @@ def test_the_plan_counts_each_training_run_once_in_the_notebook_that_trains_it(t
     assert work["strong (AutoAttack, as if no image fell)"].unit[0] == "grad"
     assert work["frontier, held-out columns, seed 0"].unit[0] == "grad"      # a choice: float32 everywhere
     assert {w.unit[0] for w in items if w.notebook == "01" and w.unit[0] != "forward"} <= {"grad", "train", "toy"}
+    assert work["frontier, held-out columns, seed 0"].count == 24 * 20 * 180     # quick: one choice radius
+
+
+def test_fashions_frontier_counts_the_held_out_pgd_at_both_choice_radii_and_borrows_notebook_04s_run(tmp_path):
+    cfg = config("fashion", tmp_path)
+    rows = robustlib.frontier.sweep(cfg)
+    items, names = estimate.plan(cfg)
+    work = by_what(items)
+    # PGD-20 on the 2,000 held-out images at main_eps 0.1 and at the target radius 0.03, for every run
+    assert work["frontier, held-out columns, seed 0"].count == len(rows) * 2 * 20 * 2000
+    # Ours + constant eps_max at the profile's budget is notebook 04's run: counted there, once, without the check
+    assert work["train ours-const-notail-s0"].notebook == "04"
+    assert sum(w.what == "train ours-const-notail-s0" for w in items) == 1
+    assert work["train ours-const-notail-dra4x-s2"].notebook == "06"
+    assert "ours-const-notail-s0: held-out check per epoch" not in work
 
 
 def test_the_evaluation_pgd_is_timed_at_the_attack_precision(tmp_path):
