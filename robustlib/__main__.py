@@ -75,8 +75,8 @@ def _estimate(args) -> int:
     print(estimate.summary(table))
     if nproc > 1:
         print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, as if they "
-              f"exchanged gradients and started for free (a lower bound); the evaluation tables' attacks split among them, "
-              f"the rest of the attacks in one process")
+              f"exchanged gradients for free (a lower bound); one torchrun start (timed once) per training run and per "
+              f"evaluation table; the evaluation tables' attacks split among the processes, the rest in one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
-from . import frontier
+from . import frontier, launch
 from .corruptions import CORRUPTIONS, corrupt
 from .data import DATASETS, ImageData, TensorLoader, load_dataset
 from .evaluate import PAPER_STEPS, _pgd_iterates, attack_precision, run_attack, set_attack_precision
@@ -36,6 +36,7 @@ from .models import FoldedBatchNorm, build_model, model_spec
 from .profiles import Profile, Recorder, parse_eps
 from .train import build_fast, fast_plan, fit, resolve_precision, vanilla_name
 
+LAUNCH = "launch"      # the unit of one torchrun start (launch.startup_seconds), paid only under --nproc > 1
 OVERHEAD = 6.0          # seconds per notebook for its kernel, imports, tables and figures (quick, 2-core CPU)
 # AutoAttack's attacks as (input-gradient passes, forward passes) per image if no image falls: APGD 100
 # iterations, its targeted versions 9 target classes each, FAB ~1 gradient pass per iteration, Square 5,000
@@ -54,7 +55,8 @@ class Work:
     unit : ``("train", model, method, batch)`` (count: training images, epochs x images per epoch),
         ``("grad", model)`` (count: input-gradient passes x images), ``("eval-pgd", model)`` (the same, in an
         evaluation protocol's PGD or a run's per-epoch held-out check, at the profile's ``attack_precision``), ``("forward", model)`` (images),
-        ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1).
+        ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1), ``(LAUNCH,)`` (torchrun starts: none with one
+        process).
     shared : an evaluation table's work (:func:`~robustlib.evaluate.evaluate_table`), which ``nproc`` > 1
         processes split among themselves (:func:`robustlib.launch.evaluate_elsewhere`).
     """
@@ -105,6 +107,7 @@ class _Counter:
         self.trained.add(name)
         n = self.n_train - p.val_size
         self.add(nb, f"train {name}", ("train", _model_key(p), "clean", p.batch_size), p.epochs * n)
+        self.add(nb, f"train {name}: torchrun start", (LAUNCH,), 1)
         self.add(nb, f"{name}: held-out accuracy per epoch", ("forward", _model_key(p)), p.epochs * p.val_size)
 
     def method(self, nb: str, cfg: RunConfig, method: str, seed: int, adversary: str | None = None,
@@ -136,6 +139,7 @@ class _Counter:
         kind = "clean" if attack is None else (f"{method}+{attack}" + ("/alternating" if alternating else ""))
         model = _model_key(p)
         self.add(nb, f"train {name}", ("train", model, kind, batch), adversarial * n)
+        self.add(nb, f"train {name}: torchrun start", (LAUNCH,), 1)
         self.add(nb, f"train {name} (clean tail)", ("train", model, "clean", batch), (epochs - adversarial) * n)
         # the per-epoch held-out check: PGD-at_steps and three predictions (methods.heldout_metrics)
         if check:
@@ -145,11 +149,13 @@ class _Counter:
             self.add(nb, f"{name}: lambda per epoch", ("forward", model), epochs * min(2000, p.val_size))
 
 
-def _table(c: _Counter, nb: str, what: str, p: Profile, models: int, eps_list, images: int) -> None:
-    """:func:`~robustlib.evaluate.evaluate_table`: natural, then the paper and pgd-rs protocols (PGD-20) at each eps."""
+def _table(c: _Counter, nb: str, what: str, p: Profile, models: int, eps_list, images: int, calls: int = 1) -> None:
+    """:func:`~robustlib.evaluate.evaluate_table`: natural, then the paper and pgd-rs protocols (PGD-20) at each eps;
+    ``calls``: how many calls the notebook makes for it (under ``--nproc``, one torchrun start each)."""
     per_model = len(eps_list) * 2 * PAPER_STEPS
     c.attack(nb, what, _model_key(p), images, models * per_model, models * (1 + 2 * 2 * len(eps_list)), protocol=True,
              shared=True)
+    c.add(nb, f"{what}: torchrun start", (LAUNCH,), calls)
 
 
 def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, attacks, shared: bool = False) -> None:
@@ -221,7 +227,7 @@ def _notebook_03(c: _Counter) -> None:
     _autoattack(c, "03", "strong", model, aa * k, p.autoattack_attacks, shared=True)    # both in the methods table
     _probes(c, "03", "methods table", model, aa, k)
     # last and best of Ours, Ours (constrained), Madry, MART and each TRADES
-    _table(c, "03", "last vs best", p, 2 * (4 + len(p.trades_betas)), [p.main_eps], n)
+    _table(c, "03", "last vs best", p, 2 * (4 + len(p.trades_betas)), [p.main_eps], n, calls=4 + len(p.trades_betas))
 
 
 def _ablation_rows(cfg: RunConfig) -> list[tuple[RunConfig, str, str | None, float | None]]:
@@ -251,10 +257,12 @@ def _ablation_rows(cfg: RunConfig) -> list[tuple[RunConfig, str, str | None, flo
 def _notebook_04(c: _Counter) -> None:
     cfg, n = c.cfg, _eval_images(c)
     rows = _ablation_rows(cfg)
+    grids = 4 + bool(cfg.profile.backbones)       # Table V, p, schedule, [backbones,] replay: a train_grid each
     for seed in cfg.profile.ablation_seeds:
         for rc, method, adversary, beta in rows:
             c.method("04", rc, method, seed, adversary, beta, check=not rc.tag)   # as methods.train_grid
-            _table(c, "04", f"ablation rows, seed {seed}", rc.profile, 1, cfg.profile.eval_eps, n)
+            _table(c, "04", f"ablation rows, seed {seed}", rc.profile, 1, cfg.profile.eval_eps, n, calls=0)
+        c.add("04", f"ablation tables, seed {seed}: torchrun start", (LAUNCH,), grids)   # one table per grid and seed
     aa = min(cfg.profile.autoattack_limit, n)
     for rc, *_ in rows:
         _probes(c, "04", "ablation rows", _model_key(rc.profile), aa, 1)
@@ -284,6 +292,7 @@ def _notebook_06(c: _Counter) -> None:
         radii = len(frontier.choice_eps(p))          # the held-out PGD at each radius a knob may be chosen at
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size,
                  len(rows) * radii * PAPER_STEPS, len(rows) * (1 + 2 * radii), shared=True)
+        c.add("06", f"frontier, held-out columns, seed {seed}: torchrun start", (LAUNCH,), 1)
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,
@@ -463,9 +472,10 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
 
     ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`): each process's step is timed at its
     share of the batch (``batch_size / nproc``, where a GPU may be far from full) and the processes are counted
-    as working in parallel, with no time for their gradient exchange or start-up (unmeasured: a lower bound);
-    so are an evaluation table's attacks (:attr:`Work.shared`), with no time for starting their processes or
-    gathering the outcomes; the rest of the attacks and evaluation stay in the notebook's one process."""
+    as working in parallel, with no time for their gradient exchange (unmeasured: a lower bound); so are an
+    evaluation table's attacks (:attr:`Work.shared`), with no time for gathering the outcomes; the rest of the
+    attacks and evaluation stay in the notebook's one process. Every training run and evaluation table is one
+    torchrun start, timed once here (:func:`robustlib.launch.startup_seconds`); with one process, none."""
     items, _ = plan(cfg, only, done)
     cfg = _per_image(cfg)
     def timed(unit):      # what one process does: its share of each training batch
@@ -476,12 +486,17 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     try:
         with torch.random.fork_rng(devices=[cfg.device] if cfg.device.type == "cuda" else []):
-            cost = measure(cfg, [timed(w.unit) for w in items], batches=batches, progress=progress)
+            cost = measure(cfg, [timed(w.unit) for w in items if w.unit[0] != LAUNCH], batches=batches,
+                           progress=progress)
     finally:
         torch.set_num_threads(threads)
+    if progress and nproc > 1:
+        print(f"  timing one torchrun start", flush=True)
+    cost[(LAUNCH,)] = launch.startup_seconds(nproc, cfg.device.type) if nproc > 1 and any(
+        w.unit[0] == LAUNCH for w in items) else 0.0
     rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
              "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" or w.shared else 1)}
-            for w in items]
+            for w in items if w.unit[0] != LAUNCH or nproc > 1]       # one process starts nothing
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]
@@ -498,7 +513,8 @@ def _duration(seconds: float) -> str:
 
 def summary(table: pd.DataFrame, *, top: int = 5) -> str:
     """The estimate as text: per notebook (training, attacks, the rest), the total, and the largest items."""
-    kind = table["unit"].str.split().str[0].map({"train": "training", "grad": "attacks", "eval-pgd": "attacks"}).fillna("other")
+    kind = table["unit"].str.split().str[0].map({"train": "training", "grad": "attacks", "eval-pgd": "attacks",
+                                                  LAUNCH: "start-up"}).fillna("other")
     per = table.assign(kind=kind).pivot_table(index="notebook", columns="kind", values="seconds", aggfunc="sum",
                                               fill_value=0.0)
     lines = [f"{'notebook':<9} {'predicted':>10}   " + "  ".join(f"{k:>9}" for k in per.columns)]

@@ -119,6 +119,28 @@ def evaluate_elsewhere(nproc: int, models: dict, x: torch.Tensor, y: torch.Tenso
         return pd.read_pickle(out)
 
 
+def _start_only(spec: dict) -> None:
+    """A torchrun job that joins the process group and leaves it, doing nothing else (:func:`startup_seconds`)."""
+    distributed.init(spec["device"])
+    distributed.barrier()
+
+
+def startup_seconds(nproc: int, device: str) -> float:
+    """The wall time of one torchrun start of ``nproc`` processes on ``device`` (``"cpu"``, ``"cuda"``) that import
+    robustlib, join the group and leave it: the least that every :func:`train_elsewhere` and
+    :func:`evaluate_elsewhere` pays before its work, which also writes and reads its call file (the training
+    data; the models and images) and sets up DistributedDataParallel (counted by
+    :func:`robustlib.estimate.estimate`). On CUDA with fewer GPUs than ``nproc`` (an estimate made on a smaller
+    machine), it starts one process per GPU there is."""
+    n = max(1, min(nproc, torch.cuda.device_count())) if device == "cuda" else nproc
+    with tempfile.TemporaryDirectory(prefix="robustlib-start-") as tmp:
+        spec = Path(tmp) / f"spec{EVAL_SPEC}"
+        save_torch({"call": "robustlib.launch:_start_only", "device": device, "owner": os.getpid()}, spec)
+        start = time.perf_counter()
+        _torchrun(n, spec, "a torchrun start")
+        return time.perf_counter() - start
+
+
 def _evaluate_here(spec: dict) -> None:
     """One process of :func:`evaluate_elsewhere`: its part of every attack; process 0 writes the table."""
     from .evaluate import evaluate_table, set_attack_precision

@@ -318,7 +318,9 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
                retrain: bool = False, progress: bool = False, probe_eps=None, probe_n: int = 0,
                probe_steps: int = masking.LONG_STEPS, probe_restarts: int = masking.RESTARTS,
                heldout: tuple | None = None, heldout_eps=None) -> pd.DataFrame:
-    """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`.
+    """Train (or load) every row for every seed and evaluate it with :func:`~robustlib.evaluate.evaluate_table`:
+    one table per seed for all its rows (each model attacked exactly as alone; under ``run --nproc`` one torchrun
+    start per table), and one more on the held-out split.
 
     Each row is a dict with ``name`` (the label in the table), ``cfg`` (a :class:`RunConfig`, often a
     ``cfg.variant(...)``), ``method``, optionally ``adversary`` and ``beta``, and any other keys, which are
@@ -345,8 +347,11 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
     if heldout is not None and not heldout_radii:
         raise RobustlibError("train_grid(heldout=...) got no radius in heldout_eps: name at least one, e.g. "
                              "heldout_eps=['0.1']")
+    if not rows:
+        raise RobustlibError("train_grid got no rows: pass at least one dict(name=..., cfg=..., method=...)")
     out, retrained = [], set()
     for seed in seeds:
+        runs = []                                          # (name, train_method's result, extra columns) per row
         for row in rows:
             extra = dict(row)
             name, cfg, method = extra.pop("name"), extra.pop("cfg"), extra.pop("method")
@@ -358,16 +363,24 @@ def train_grid(rows: list[dict], x: torch.Tensor, y: torch.Tensor, *, seeds, eps
             retrained.add(key)
             res = train_method(cfg, method, seed=seed, adversary=adversary, beta=beta, data=data, progress=progress,
                                retrain=again, check=check)
-            table = evaluate_table({name: res["model"]}, x, y, eps_list=eps_list, seed=seed)
-            if probe_n and seed == seeds[0]:
-                table = masking.add_probes(table, {name: res["model"]}, x, y, eps=probe_eps, n=probe_n,
-                                           steps=probe_steps, restarts=probe_restarts)
-            if heldout is not None:
-                h = evaluate_table({name: res["model"]}, *heldout, eps_list=heldout_radii, protocols=("paper",),
-                                   seed=seed, fast=False)     # a choice is made on it: float32 on every CPU
-                table = table.assign(**{f"heldout {c}": h[c].iloc[0] for c in h.columns
-                                        if c == "natural" or c.startswith("pgd@")})
-            out.append(table.assign(seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
+            runs.append((name, {k: res[k] for k in ("model", "name", "adversary")}, extra))   # not its best model
+        # the seed's runs in one table (and one on the held-out split): each model is attacked with its own seed
+        # exactly as alone, and under `run --nproc N` that is one torchrun start per table, not one per run
+        names = [name for name, _, _ in runs]
+        keys = names if len(set(names)) == len(names) else [f"{i}: {n}" for i, n in enumerate(names)]   # may repeat
+        models = {k: res["model"] for k, (_, res, _) in zip(keys, runs)}
+        table = evaluate_table(models, x, y, eps_list=eps_list, seed=seed)
+        if probe_n and seed == seeds[0]:
+            table = masking.add_probes(table, models, x, y, eps=probe_eps, n=probe_n, steps=probe_steps,
+                                       restarts=probe_restarts)
+        if heldout is not None:
+            h = evaluate_table(models, *heldout, eps_list=heldout_radii, protocols=("paper",), seed=seed,
+                               fast=False)          # a choice is made on it: float32 on every CPU
+            table = table.assign(**{f"heldout {c}": h[c].to_numpy() for c in h.columns
+                                    if c == "natural" or c.startswith("pgd@")})
+        for i, (name, res, extra) in enumerate(runs):
+            out.append(table.iloc[[i]].reset_index(drop=True).assign(
+                method=name, seed=seed, run=res["name"], training_adversary=res["adversary"], **extra))
     return pd.concat(out, ignore_index=True)
 
 

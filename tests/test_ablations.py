@@ -12,7 +12,7 @@ from robustlib.evaluate import accuracy
 from robustlib import get_profile
 from robustlib.config import apply_overrides
 from robustlib.evaluate import evaluate_table, format_mean_std, mean_std
-from robustlib.methods import run_name, train_grid
+from robustlib.methods import run_name, train_grid, train_method
 from robustlib.train import vanilla_name
 
 
@@ -66,10 +66,16 @@ def test_train_grid_and_mean_std(tmp_path):
     # the profile's own run keeps it (notebook 03 draws its curve)
     assert (ckpt / "ours-s0.best.pt").exists() and not (ckpt / "ours-p1-s0.best.pt").exists()
     before = {n: (ckpt / n).stat().st_mtime_ns for n in ("ours-s0.pt", "ours-p1-s0.pt")}
-    train_grid(rows + rows, x, y, seeds=(0,), eps_list=["0.1"], retrain=True)
+    twice = train_grid(rows + rows, x, y, seeds=(0,), eps_list=["0.1"], retrain=True)
+    assert list(twice["method"]) == [r["name"] for r in rows + rows]     # a name may repeat in one table
     # retrain redoes a tagged variant (once, though listed twice) and never the profile's own run (notebook 03's)
     assert (ckpt / "ours-s0.pt").stat().st_mtime_ns == before["ours-s0.pt"]
     assert (ckpt / "ours-p1-s0.pt").stat().st_mtime_ns > before["ours-p1-s0.pt"]
+    # the seed's runs share one table, yet each model is attacked exactly as alone (its own seed, its own draw)
+    alone = evaluate_table({"m": train_method(cfg.variant("p1", dra_p=1.0), "ours", seed=1, progress=False)["model"]},
+                           x, y, eps_list=["0.1"], seed=1)
+    row = per_seed[(per_seed.run == "ours-p1-s1")].iloc[0]
+    assert [row[c] for c in ("natural", "pgd@0.1", "pgd-rs@0.1")] == [alone.loc[0, c] for c in ("natural", "pgd@0.1", "pgd-rs@0.1")]
     # the held-out columns a choice is made on, at each radius asked for (notebook 06: main_eps and its target)
     held = train_grid(rows[:1], x, y, seeds=(0,), eps_list=["0.1"], heldout=(x[:8], y[:8]), heldout_eps=["0.1", "0.03"])
     assert {"heldout natural", "heldout pgd@0.1", "heldout pgd@0.03"} <= set(held.columns)
@@ -77,6 +83,8 @@ def test_train_grid_and_mean_std(tmp_path):
                                                 heldout_eps="0.1").columns
     with pytest.raises(RobustlibError, match="needs heldout_eps"):
         train_grid(rows[:1], x, y, seeds=(0,), eps_list=["0.1"], heldout=(x[:8], y[:8]))
+    with pytest.raises(RobustlibError, match="no rows"):
+        train_grid([], x, y, seeds=(0,), eps_list=["0.1"])
     mean, std = mean_std(per_seed)
     assert list(mean["method"]) == ["p = 1/3", "p = 1"] and "p" not in mean.columns
     # each row says what it rests on: the seeds averaged and the images every column was measured on

@@ -106,6 +106,8 @@ def test_finished_runs_are_loaded_not_counted(tmp_path):
     items, names = estimate.plan(cfg, done=done)
     assert "vanilla" not in names and "ours-s0" in names
     assert "train vanilla" not in by_what(items) and "train vanilla-s1" in by_what(items)
+    assert "train vanilla: torchrun start" not in by_what(items)          # a loaded run starts nothing
+    assert "train ours-s0: torchrun start" in by_what(items)              # a part-way one resumes under torchrun
 
 
 def test_only_some_notebooks(tmp_path):
@@ -119,11 +121,28 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
     assert work["methods table, seed 0"].shared and work["strong (AutoAttack, as if no image fell)"].shared
     assert not work["methods table (masking probes)"].shared and not work["natural-all, seed 0"].shared
     one_second = lambda cfg, units, **kw: {u: 1.0 for u in units}        # every unit costs 1 s: count what is split
-    with mock.patch.object(estimate, "measure", one_second):
+    with mock.patch.object(estimate, "measure", one_second), \
+            mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 10.0 * n):
         one, two = (estimate.estimate(cfg, only=["03"], nproc=n).set_index("what")["seconds"] for n in (1, 2))
     for what, w in work.items():
+        if w.unit[0] == estimate.LAUNCH:        # a torchrun start: none with one process, its measured time with two
+            assert what not in one and two[what] == 20.0 * w.count, what
+            continue
         split = w.shared or w.unit[0] == "train"
         assert two[what] == (one[what] / 2 if split else one[what]), what
+    # a start per run trained and per evaluation table: 3 seeds x (theta_std + 9 runs), 3 methods tables, 6 last/best
+    starts = {w: x.count for w, x in work.items() if x.unit[0] == estimate.LAUNCH}
+    assert starts["methods table, seed 2: torchrun start"] == 1 and starts["last vs best: torchrun start"] == 4 + 2
+    assert sum(w.startswith("train ") for w in starts) == len([w for w in work if w.startswith("train ") and
+                                                               not w.endswith(("(clean tail)", "torchrun start"))])
+
+
+def test_the_frontier_and_ablation_grids_start_torchrun_once_per_table_not_per_run(tmp_path):
+    work = by_what(estimate.plan(config("fashion", tmp_path), only=["04", "06"])[0])
+    assert work["frontier table, seed 1: torchrun start"].count == 1
+    assert work["frontier, held-out columns, seed 1: torchrun start"].count == 1
+    assert work["ablation tables, seed 0: torchrun start"].count == 4      # Table V, p, schedule, replay (no backbones)
+    assert "ablation rows, seed 0: torchrun start" not in work
 
 
 def test_the_estimate_times_every_kind_of_work_on_the_device(tmp_path):
