@@ -137,6 +137,12 @@ def test_a_process_that_joined_the_group_leaves_it_before_it_exits(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("left.*")) == ["left.False"]
 
 
+def test_the_estimate_times_a_torchrun_start_that_does_no_work():
+    from robustlib import launch
+    seconds = launch.startup_seconds(2, "cpu")         # 2 processes import robustlib, join a gloo group and leave
+    assert 0 < seconds < 120
+
+
 def test_one_process_changes_nothing():
     assert not distributed.active() and distributed.world() == 1 and distributed.is_main()
     assert distributed.init("cpu") == torch.device("cpu")     # no torchrun in the environment: no process group
