@@ -28,9 +28,10 @@ def show(fig) -> None:
     plt.close(fig)
 
 
-def finish(fig, run_dir: str | Path | None, name: str):
-    """Tighten the layout and save the figure to ``<run_dir>/figures/<name>.{svg,png}``."""
-    fig.tight_layout()
+def finish(fig, run_dir: str | Path | None, name: str, bottom: float = 0.0):
+    """Tighten the layout, leaving the figure's lowest ``bottom`` fraction free (for a footnote), and save the
+    figure to ``<run_dir>/figures/<name>.{svg,png}``."""
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     if run_dir is not None:
         save_figure(fig, Path(run_dir) / "figures", name)
     return fig
@@ -161,6 +162,7 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
     the figure rather than squeeze the rest."""
     columns = [robust] if isinstance(robust, str) else list(robust)
     fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns) + 2.2, 5.0), sharey=True, squeeze=False)
+    bottom = 0.0        # the figure's share kept free below the axes for the note of points not drawn
     families = [f for f in dict.fromkeys(per_seed["family"]) if f not in markers]
     palette = sns.color_palette("colorblind", 10)
     colours = dict(zip(families, [palette[i] for i in (0, 2, 4, 3, 6, 9, 1, 5, 7, 8)] * 2))
@@ -200,9 +202,14 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
                 pad = max(1.0, 0.05 * (shown[col].max() - shown[col].min()))
                 ax.set_xlim(shown[col].min() - pad, shown[col].max() + pad)
             knob_of = per_seed.drop_duplicates("family").set_index("family").get("knob", pd.Series(dtype=str))
-            fig.text(0.01, 0.005, "below the axis: " + "; ".join(
+            note = "below the axis: " + "; ".join(
                 f"{f}" + (f" {knob_of.get(f, '')} = {v:g}" if v == v else "") + f" ({m:.1f}% clean)"
-                for (f, v), m in below["natural"].items()), fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
+                for (f, v), m in below["natural"].items())
+            # wrapped to the figure's width (about 17 characters of 7-point text per inch), and the layout keeps
+            # that many lines free below the axes' labels, so that the note never runs over them
+            lines = textwrap.wrap(note, width=int(17 * fig.get_figwidth()))
+            fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.35", ha="left", va="bottom")
+            bottom = (0.02 * fig.get_figheight() + len(lines) * 7 * 1.25 / 72) / fig.get_figheight()
     ax = axes[0][-1]
     knobs = (per_seed.drop_duplicates("family").set_index("family")["knob"] if "knob" in per_seed
              else pd.Series(dtype=str))
@@ -211,7 +218,7 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
               for lab in labels]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.suptitle(title)
-    return finish(fig, run_dir, name)
+    return finish(fig, run_dir, name, bottom=bottom)
 
 
 def bar_plot(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str,

@@ -151,6 +151,24 @@ def test_points_far_below_the_control_are_named_not_drawn(tmp_path):
     assert any("MART ε = 0.2 (26.0% clean)" in t.get_text() for t in fig.texts)
 
 
+def test_a_long_note_of_points_not_drawn_stays_clear_of_the_axis_labels(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from robustlib import plots
+    rows = CONTROL + [(f, v, s, nat, rob, nat, rob) for s in (0, 1, 2) for f in ("MART", "Madry", "TRADES")
+                      for v, nat, rob in ((0.1, 0.94, 0.7), *((e, 0.5 - e, 0.2) for e in (0.2, 0.3, 0.4, 0.45)))]
+    df = table(rows).assign(knob=lambda d: d["family"].map({"MART": "ε", "Madry": "ε", "TRADES": "1/λ", "Control": ""}),
+                            **{"pgd@0.03": lambda d: d[ROB]})
+    fig = plots.frontier(df, robust=[ROB, "pgd@0.03"], title="t", run_dir=tmp_path, name="frontier")
+    renderer = fig.canvas.get_renderer()
+    note = next(t for t in fig.texts if t.get_text().startswith("below the axis"))
+    assert note.get_text().count("\n") >= 1                       # twelve points: more than one line
+    top_of_note = note.get_window_extent(renderer).y1
+    for ax in fig.axes[:2]:
+        assert ax.xaxis.label.get_window_extent(renderer).y0 > top_of_note
+        assert ax.get_tightbbox(renderer).y0 > top_of_note
+
+
 def test_the_choice_at_another_radius_is_its_own_selection_and_its_changes_are_named():
     goal = "pgd@0.03"
     rows = [(*r, 0.5, 0.5) for r in CONTROL] + [
