@@ -163,11 +163,15 @@ def _autoattack(c: _Counter, nb: str, what: str, model: tuple, images: int, atta
     c.attack(nb, f"{what} (AutoAttack, as if no image fell)", model, images, grads, forwards + 2, shared=shared)
 
 
-def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: int) -> None:
-    """:func:`robustlib.masking.probe`: PGD-20 with a random start, PGD-S x R restarts, PGD-S at eps 0.5."""
+def _probes(c: _Counter, nb: str, what: str, model: tuple, images: int, models: int, calls: int = 1) -> None:
+    """:func:`robustlib.masking.add_probes`: PGD-20 with a random start, PGD-S x R restarts, PGD-S at eps 0.5,
+    split among the processes like a table; ``calls``: how many calls the notebook makes for it (under
+    ``--nproc``, one torchrun start each)."""
     p = c.cfg.profile
     c.attack(nb, f"{what} (masking probes)", model, images,
-             models * (PAPER_STEPS + p.probe_steps * (p.probe_restarts + 1)), models * (p.probe_restarts + 4), protocol=True)
+             models * (PAPER_STEPS + p.probe_steps * (p.probe_restarts + 1)), models * (p.probe_restarts + 4), protocol=True,
+             shared=True)
+    c.add(nb, f"{what} (masking probes): torchrun start", (LAUNCH,), calls)
 
 
 def _notebook_00(c: _Counter) -> None:
@@ -264,8 +268,9 @@ def _notebook_04(c: _Counter) -> None:
             _table(c, "04", f"ablation rows, seed {seed}", rc.profile, 1, cfg.profile.eval_eps, n, calls=0)
         c.add("04", f"ablation tables, seed {seed}: torchrun start", (LAUNCH,), grids)   # one table per grid and seed
     aa = min(cfg.profile.autoattack_limit, n)
-    for rc, *_ in rows:
-        _probes(c, "04", "ablation rows", _model_key(rc.profile), aa, 1)
+    for rc, *_ in rows:             # the first seed's rows, one add_probes call per grid
+        _probes(c, "04", "ablation rows", _model_key(rc.profile), aa, 1, calls=0)
+    c.add("04", "ablation rows (masking probes): torchrun start", (LAUNCH,), grids)
 
 
 def _notebook_05(c: _Counter) -> None:

@@ -17,10 +17,11 @@ each process taking ``batch_size / N`` of it; process 0 writes the checkpoints. 
 command resumes the run with the same number of processes.
 
 The evaluation tables go the same way: :func:`robustlib.evaluate.evaluate_table` (every PGD and AutoAttack
-column of notebooks 00, 03, 04 and 06) hands itself to :func:`evaluate_elsewhere`, whose ``nproc`` processes
+column of notebooks 00, 03, 04 and 06) and :func:`robustlib.masking.add_probes` (the gradient-masking probes
+beside it in notebooks 03 and 04) hand themselves to :func:`evaluate_elsewhere`, whose ``nproc`` processes
 each attack their part of the images and gather the outcomes (``shard=True``); the table comes back to the
-notebook. The rest of the evaluation (clean passes elsewhere, the gradient-masking probes, notebook 01's
-DRA readings and calibrations, notebook 05's corruptions) stays in the notebook's process, on one device.
+notebook. The rest of the evaluation (clean passes elsewhere, notebook 01's DRA readings and calibrations,
+notebook 05's corruptions) stays in the notebook's process, on one device.
 Several machines: run the notebooks' code under ``torchrun`` yourself (README).
 """
 from __future__ import annotations
@@ -100,20 +101,29 @@ def train_elsewhere(cfg, call: str, kwargs: dict, *, name: str, data=None, progr
         spec.unlink(missing_ok=True)
 
 
-def evaluate_elsewhere(nproc: int, models: dict, x: torch.Tensor, y: torch.Tensor, kwargs: dict):
-    """:func:`robustlib.evaluate.evaluate_table` of ``models`` on ``x``, ``y`` with ``kwargs``, computed by
-    ``nproc`` processes under torchrun, each attacking its part of the images (``shard=True``), at this
-    process's attack precision and on the models' device type (one GPU per process on CUDA); returns the
-    table process 0 wrote. The models, images and table travel through a temporary directory."""
+# what evaluate_elsewhere computes: the function each process calls with shard=True, and how it is announced
+EVALUATIONS = {"table": ("robustlib.evaluate:evaluate_table", "evaluating"),
+               "probes": ("robustlib.masking:probe_table", "probing for gradient masking")}
+
+
+def evaluate_elsewhere(nproc: int, models: dict, x: torch.Tensor, y: torch.Tensor, kwargs: dict,
+                       what: str = "table"):
+    """:func:`robustlib.evaluate.evaluate_table` (``what="table"``) or :func:`robustlib.masking.probe_table`
+    (``"probes"``) of ``models`` on ``x``, ``y`` with ``kwargs``, computed by ``nproc`` processes under
+    torchrun, each attacking its part of the images (``shard=True``), at this process's attack precision and
+    on the models' device type (one GPU per process on CUDA); returns the table process 0 wrote. The models,
+    images and table travel through a temporary directory."""
     from .evaluate import attack_precision
+    if what not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {what!r}; use one of {', '.join(EVALUATIONS)}")
     device = next((p.device.type for m in models.values() for p in m.parameters()), "cpu")
-    print(f"evaluating {', '.join(models)} under torchrun with {nproc} processes", flush=True)
+    print(f"{EVALUATIONS[what][1]} {', '.join(models)} under torchrun with {nproc} processes", flush=True)
     with tempfile.TemporaryDirectory(prefix="robustlib-eval-") as tmp:
         # the models and images as they are (on a GPU, too): each process reads them onto the CPU (EVAL_SPEC), then
         # moves them to its own device
         spec, out = Path(tmp) / f"spec{EVAL_SPEC}", Path(tmp) / "table.pkl"
         save_torch({"call": "robustlib.launch:_evaluate_here", "device": device, "on_device": x.device.type != "cpu",
-                    "models": models, "x": x, "y": y, "kwargs": kwargs, "precision": attack_precision(),
+                    "what": what, "models": models, "x": x, "y": y, "kwargs": kwargs, "precision": attack_precision(),
                     "cudnn_benchmark": torch.backends.cudnn.benchmark, "out": str(out), "owner": os.getpid()}, spec)
         _torchrun(nproc, spec, "evaluation")
         return pd.read_pickle(out)
@@ -143,7 +153,7 @@ def startup_seconds(nproc: int, device: str) -> float:
 
 def _evaluate_here(spec: dict) -> None:
     """One process of :func:`evaluate_elsewhere`: its part of every attack; process 0 writes the table."""
-    from .evaluate import evaluate_table, set_attack_precision
+    from .evaluate import set_attack_precision
     device = distributed.init(spec["device"])
     set_attack_precision(spec["precision"])
     torch.backends.cudnn.benchmark = spec["cudnn_benchmark"]     # as robustlib.setup left the notebook's process
@@ -152,7 +162,9 @@ def _evaluate_here(spec: dict) -> None:
     kwargs = dict(spec["kwargs"])
     if kwargs.get("natural_on") is not None:
         kwargs["natural_on"] = tuple(place(t) for t in kwargs["natural_on"])
-    table = evaluate_table(models, place(spec["x"]), place(spec["y"]), shard=True, **kwargs)
+    module, _, fn = EVALUATIONS[spec.get("what", "table")][0].partition(":")
+    evaluate = getattr(__import__(module, fromlist=[fn]), fn)
+    table = evaluate(models, place(spec["x"]), place(spec["y"]), shard=True, **kwargs)
     if distributed.is_main():
         table.to_pickle(spec["out"])
     distributed.barrier()               # every process leaves the group together (gloo aborts otherwise, now and then)

@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import distributed
 from .attacks import PGD_STEP_FACTOR
-from .evaluate import PAPER_STEPS, _pgd_iterates, attack_subset, predict
+from .evaluate import PAPER_STEPS, _pgd_iterates, attack_subset, evaluation_processes, predict
 from .profiles import parse_eps
 
 RISE = 0.02        # robust accuracy may not rise by more than this from one eps to the next
@@ -70,7 +71,7 @@ def _columns(row: pd.Series, pattern: re.Pattern, eps_label: str | None = None) 
 
 
 def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | None = None, seed: int = 0,
-          batch_size: int = 256, steps: int = LONG_STEPS, restarts: int = RESTARTS) -> dict:
+          batch_size: int = 256, steps: int = LONG_STEPS, restarts: int = RESTARTS, shard: bool = False) -> dict:
     """The two attacks the checks add to a table, on ``n`` images of ``x`` drawn like AutoAttack's
     (:func:`~robustlib.evaluate.attack_subset` with ``seed``; all of ``x`` if ``n`` is None).
 
@@ -79,27 +80,47 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, n: int | N
     ``restarts`` check), of PGD-``steps`` (step 2.5*eps/steps) with ``restarts`` seeded random restarts at
     ``eps`` (robust under every restart), and of PGD-``steps`` from the clean point at eps 0.5; the column
     names carry ``steps`` and ``restarts``.
+
+    ``shard`` (under ``torchrun``, every process calling with the same arguments): each process attacks its part
+    of those images (:func:`robustlib.distributed.my_part`, as :func:`~robustlib.evaluate.robust_accuracy`
+    shards, so that the baseline is still the table's sharded ``pgd-rs (aa)``) and every process gets the
+    whole result. The random starts an image gets differ from one process's; PGD at eps 0.5 from the clean
+    point is the unsharded number. Without ``torchrun`` it changes nothing.
     """
     eps_value, label = parse_eps(eps)
     y = y.cpu()
     if n is not None:
         idx = attack_subset(len(y), min(n, len(y)), seed)
-        x, y = x[idx], y[idx]
-    ok = predict(model, x) == y
-    # every PGD at the precision of the tables' iterates (evaluate.set_attack_precision; decisions in float32),
-    # so that the restarts check compares like with like
-    xa, _ = _pgd_iterates(model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
-                          random_start=True, seed=seed, batch_size=batch_size)     # the pgd-rs protocol, on these images
-    short = ok & (predict(model, xa) == y)
-    long = dict(steps=steps, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
-    robust = ok.clone()
-    for r in range(restarts):     # every restart on every image: the worst case per image
-        xa, _ = _pgd_iterates(model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
-        robust &= predict(model, xa) == y
-    xa, _ = _pgd_iterates(model, x, y, eps=LARGE_EPS, random_start=False, **long)
+        x, y = x[idx.to(x.device)], y[idx]
+    sharded = shard and distributed.active()
+    if sharded:                   # this process's part of the images; the outcomes gathered below
+        part = distributed.my_part(len(y))
+        x, y = x[part.to(x.device)], y[part]
+    short, robust, large = (torch.zeros(0, dtype=torch.bool) for _ in range(3))   # more processes than images
+    if len(y):
+        ok = predict(model, x) == y
+        # every PGD at the precision of the tables' iterates (evaluate.set_attack_precision; decisions in float32),
+        # so that the restarts check compares like with like
+        xa, _ = _pgd_iterates(model, x, y, eps=eps_value, steps=PAPER_STEPS, step_factor=PGD_STEP_FACTOR,
+                              random_start=True, seed=seed, batch_size=batch_size)   # the pgd-rs protocol, on these images
+        short = ok & (predict(model, xa) == y)
+        long = dict(steps=steps, step_factor=PGD_STEP_FACTOR, batch_size=batch_size)
+        robust = ok.clone()
+        for r in range(restarts):     # every restart on every image: the worst case per image
+            xa, _ = _pgd_iterates(model, x, y, eps=eps_value, random_start=True, seed=seed + r, **long)
+            robust &= predict(model, xa) == y
+        xa, _ = _pgd_iterates(model, x, y, eps=LARGE_EPS, random_start=False, **long)
+        large = ok & (predict(model, xa) == y)
+    if sharded:
+        short, robust, large = (distributed.gather(t.cpu()) for t in (short, robust, large))
     return {f"pgd-rs@{label} (aa)": short.float().mean().item(),
             restarts_column(label, steps, restarts): robust.float().mean().item(),
-            large_column(steps): (ok & (predict(model, xa) == y)).float().mean().item()}
+            large_column(steps): large.float().mean().item()}
+
+
+def probe_table(models: dict, x: torch.Tensor, y: torch.Tensor, *, shard: bool = False, **kwargs) -> pd.DataFrame:
+    """:func:`probe` of each of ``models`` (name -> model) with ``kwargs``, one row each, in order."""
+    return pd.DataFrame([probe(m, x, y, shard=shard, **kwargs) for m in models.values()])
 
 
 def family(column) -> str | None:
@@ -175,9 +196,18 @@ def add_probes(table: pd.DataFrame, models: dict, x: torch.Tensor, y: torch.Tens
                seed: int = 0, steps: int = LONG_STEPS, restarts: int = RESTARTS) -> pd.DataFrame:
     """``table`` (one row per model of ``models``, in order, as :func:`~robustlib.evaluate.evaluate_table`
     returns it) with the :func:`probe` columns it lacks added, measured on the same AutoAttack images (a table
-    with AutoAttack keeps its own ``pgd-rs@<eps> (aa)``: the same attack, seed and images)."""
-    extra = pd.DataFrame([probe(m, x, y, eps=eps, n=n, seed=seed, steps=steps, restarts=restarts)
-                          for m in models.values()], index=table.index)
+    with AutoAttack keeps its own ``pgd-rs@<eps> (aa)``: the same attack, seed and images).
+
+    Outside torchrun, with :func:`~robustlib.evaluate.set_evaluation_processes` at N > 1 (``run --nproc N``),
+    the probes are computed by N processes under torchrun, each attacking its part of the images
+    (:func:`robustlib.launch.evaluate_elsewhere`), as the table beside them was."""
+    kwargs = dict(eps=eps, n=n, seed=seed, steps=steps, restarts=restarts)
+    if evaluation_processes() > 1 and not distributed.active():
+        from .launch import evaluate_elsewhere
+        extra = evaluate_elsewhere(evaluation_processes(), models, x, y, kwargs, what="probes")
+    else:
+        extra = probe_table(models, x, y, **kwargs)
+    extra.index = table.index
     return pd.concat([table, extra[[c for c in extra.columns if c not in table.columns]]], axis=1)
 
 

@@ -108,6 +108,33 @@ def test_an_evaluation_table_asked_for_2_processes_is_computed_by_them_and_match
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["rank0", "rank1"]
 
 
+def test_the_masking_probes_asked_for_2_processes_are_computed_by_them(theta, tmp_path, capfd):
+    """``run --nproc 2``: the gradient-masking probes beside a table are computed by 2 processes under torchrun,
+    each attacking half of the AutoAttack images: PGD at eps 0.5 from the clean point gives one process's very
+    number, the restarts a different draw of the starts, and the PGD-20 baseline is still the sharded table's own
+    ``pgd-rs (aa)`` (like for like in the restarts check)."""
+    import pandas as pd
+    from robustlib import evaluate, masking
+    model = build_model("digits-cnn", in_channels=1, image_size=8, mean=[0.3], std=[0.38])
+    model.load_state_dict(torch.load(theta, weights_only=True))
+    test = load_dataset("digits", "test")
+    x, y = test.float_x()[:200], test.y[:200]
+    kwargs = dict(eps="0.1", n=40, steps=10, restarts=2)
+    bare = pd.DataFrame({"method": ["theta"]})
+    one = masking.add_probes(bare, {"theta": model}, x, y, **kwargs)
+    assert "torchrun" not in capfd.readouterr().out
+    evaluate.set_evaluation_processes(2)
+    two = masking.add_probes(bare, {"theta": model}, x, y, **kwargs)
+    assert "probing for gradient masking theta under torchrun with 2 processes" in capfd.readouterr().out
+    table = evaluate.evaluate_table({"theta": model}, x, y, eps_list=["0.1"], autoattack_eps="0.1", autoattack_n=40,
+                                    autoattack_attacks=("apgd-ce",), state_dir=tmp_path)
+    assert list(two.columns) == list(one.columns) == ["method", "pgd-rs@0.1 (aa)", "pgd-10x2@0.1 (aa)", "pgd-10@0.5 (aa)"]
+    assert two["pgd-10@0.5 (aa)"].item() == one["pgd-10@0.5 (aa)"].item()
+    assert abs(two["pgd-10x2@0.1 (aa)"].item() - one["pgd-10x2@0.1 (aa)"].item()) <= 4 / 40
+    assert two["pgd-rs@0.1 (aa)"].item() == pytest.approx(table["pgd-rs@0.1 (aa)"].item(), abs=1e-6)  # same images fall
+    assert 0 < one["pgd-10x2@0.1 (aa)"].item() <= one["pgd-rs@0.1 (aa)"].item()     # restarts at least as strong
+
+
 def test_the_metrics_of_all_processes_are_reduced(monkeypatch):
     # what every process logs is the mean over all processes' samples: sums and counts added, then divided
     monkeypatch.setattr(distributed, "active", lambda: True)

@@ -119,7 +119,7 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
     cfg = config("quick", tmp_path)
     work = by_what(estimate.plan(cfg, only=["03"])[0])
     assert work["methods table, seed 0"].shared and work["strong (AutoAttack, as if no image fell)"].shared
-    assert not work["methods table (masking probes)"].shared and not work["natural-all, seed 0"].shared
+    assert work["methods table (masking probes)"].shared and not work["natural-all, seed 0"].shared
     one_second = lambda cfg, units, **kw: {u: 1.0 for u in units}        # every unit costs 1 s: count what is split
     with mock.patch.object(estimate, "measure", one_second), \
             mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 10.0 * n):
@@ -133,6 +133,7 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
     # a start per run trained and per evaluation table: 3 seeds x (theta_std + 9 runs), 3 methods tables, 6 last/best
     starts = {w: x.count for w, x in work.items() if x.unit[0] == estimate.LAUNCH}
     assert starts["methods table, seed 2: torchrun start"] == 1 and starts["last vs best: torchrun start"] == 4 + 2
+    assert starts["methods table (masking probes): torchrun start"] == 1          # the probes beside seed 0's table
     assert sum(w.startswith("train ") for w in starts) == len([w for w in work if w.startswith("train ") and
                                                                not w.endswith(("(clean tail)", "torchrun start"))])
 
@@ -142,6 +143,7 @@ def test_the_frontier_and_ablation_grids_start_torchrun_once_per_table_not_per_r
     assert work["frontier table, seed 1: torchrun start"].count == 1
     assert work["frontier, held-out columns, seed 1: torchrun start"].count == 1
     assert work["ablation tables, seed 0: torchrun start"].count == 4      # Table V, p, schedule, replay (no backbones)
+    assert work["ablation rows (masking probes): torchrun start"].count == 4   # each grid's probes, on the first seed
     assert "ablation rows, seed 0: torchrun start" not in work
 
 
