@@ -74,9 +74,10 @@ def _estimate(args) -> int:
     table = estimate.estimate(cfg, only=only, batches=args.batches, done=done, progress=args.verbose, nproc=nproc)
     print(estimate.summary(table))
     if nproc > 1:
-        print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, as if they "
-              f"exchanged gradients for free (a lower bound); one torchrun start (timed once) per training run and per "
-              f"evaluation table; the evaluation tables' attacks split among the processes, the rest in one process")
+        print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, then one "
+              f"all-reduce of the gradient per step (timed once per model, not overlapped with the backward pass: "
+              f"an upper bound for that part); one torchrun start (timed once) per training run, evaluation table and "
+              f"probe call; the evaluation tables' and probes' attacks split among the processes, the rest in one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)

@@ -37,6 +37,7 @@ from .profiles import Profile, Recorder, parse_eps
 from .train import build_fast, fast_plan, fit, resolve_precision, vanilla_name
 
 LAUNCH = "launch"      # the unit of one torchrun start (launch.startup_seconds), paid only under --nproc > 1
+EXCHANGE = "exchange"  # the unit of one all-reduce of a model's gradient (launch.exchange_seconds), once per step
 OVERHEAD = 6.0          # seconds per notebook for its kernel, imports, tables and figures (quick, 2-core CPU)
 # AutoAttack's attacks as (input-gradient passes, forward passes) per image if no image falls: APGD 100
 # iterations, its targeted versions 9 target classes each, FAB ~1 gradient pass per iteration, Square 5,000
@@ -477,10 +478,14 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
 
     ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`): each process's step is timed at its
     share of the batch (``batch_size / nproc``, where a GPU may be far from full) and the processes are counted
-    as working in parallel, with no time for their gradient exchange (unmeasured: a lower bound); so are an
-    evaluation table's attacks (:attr:`Work.shared`), with no time for gathering the outcomes; the rest of the
-    attacks and evaluation stay in the notebook's one process. Every training run and evaluation table is one
-    torchrun start, timed once here (:func:`robustlib.launch.startup_seconds`); with one process, none."""
+    as working in parallel; each step then exchanges the gradients (a row ``<run>: gradient exchange`` per
+    training run: its steps times one all-reduce of the model's gradient, timed among ``nproc`` processes on the
+    device, :func:`robustlib.launch.exchange_seconds`; DistributedDataParallel overlaps part of it with the
+    backward pass, so this part is an upper bound; on a single GPU it cannot be timed and counts nothing). An
+    evaluation table's attacks (:attr:`Work.shared`) are split among the processes too, with no time for
+    gathering the outcomes; the rest of the attacks and evaluation stay in the notebook's one process. Every
+    training run and evaluation table is one torchrun start, timed once here
+    (:func:`robustlib.launch.startup_seconds`); with one process, none."""
     items, _ = plan(cfg, only, done)
     cfg = _per_image(cfg)
     def timed(unit):      # what one process does: its share of each training batch
@@ -502,10 +507,31 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
     rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
              "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" or w.shared else 1)}
             for w in items if w.unit[0] != LAUNCH or nproc > 1]       # one process starts nothing
+    if nproc > 1:
+        rows += _exchanges(cfg, items, nproc, progress)
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]
     return pd.DataFrame(rows, columns=["notebook", "what", "unit", "count", "seconds"])
+
+
+def _exchanges(cfg: RunConfig, items: list[Work], nproc: int, progress: bool) -> list[dict]:
+    """Under ``nproc`` processes, a row per training item: its steps (images / global batch), each one all-reduce
+    of the model's gradient (float32, every trainable parameter), timed once per model."""
+    train = [w for w in items if w.unit[0] == "train"]
+    models = sorted({w.unit[1] for w in train}, key=str)
+    if not models:
+        return []
+    if progress:
+        print("  timing the gradient exchange", flush=True)
+    sizes = [sum(t.numel() for t in build_model(**model_spec(_profile_for(cfg.profile, m))).parameters()
+                 if t.requires_grad) for m in models]
+    seconds = launch.exchange_seconds(nproc, cfg.device.type, sizes)
+    cost = dict(zip(models, seconds or [0.0] * len(models)))
+    note = "" if seconds else " (not timed: one GPU here)"
+    return [{"notebook": w.notebook, "what": f"{w.what}: gradient exchange{note}",
+             "unit": f"{EXCHANGE} {w.unit[1]}", "count": w.count / w.unit[3],
+             "seconds": w.count / w.unit[3] * cost[w.unit[1]]} for w in train]
 
 
 def _duration(seconds: float) -> str:
@@ -519,7 +545,7 @@ def _duration(seconds: float) -> str:
 def summary(table: pd.DataFrame, *, top: int = 5) -> str:
     """The estimate as text: per notebook (training, attacks, the rest), the total, and the largest items."""
     kind = table["unit"].str.split().str[0].map({"train": "training", "grad": "attacks", "eval-pgd": "attacks",
-                                                  LAUNCH: "start-up"}).fillna("other")
+                                                  LAUNCH: "start-up", EXCHANGE: "exchange"}).fillna("other")
     per = table.assign(kind=kind).pivot_table(index="notebook", columns="kind", values="seconds", aggfunc="sum",
                                               fill_value=0.0)
     lines = [f"{'notebook':<9} {'predicted':>10}   " + "  ".join(f"{k:>9}" for k in per.columns)]

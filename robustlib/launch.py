@@ -151,6 +151,47 @@ def startup_seconds(nproc: int, device: str) -> float:
         return time.perf_counter() - start
 
 
+def _time_exchange(spec: dict) -> None:
+    """A torchrun job that times one all-reduce of a float32 gradient of each size of ``spec["sizes"]`` (the least
+    of 3, after one to warm up; every process starting together); process 0 writes the seconds."""
+    import torch.distributed as dist
+    device = distributed.init(spec["device"])
+    seconds = []
+    for n in spec["sizes"]:
+        grad = torch.ones(n, device=device)
+        dist.all_reduce(grad)
+        best = float("inf")
+        for _ in range(3):
+            distributed.barrier()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            dist.all_reduce(grad)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        seconds.append(max(distributed.gather_objects(best)))       # a step waits for its slowest process
+    if distributed.is_main():
+        Path(spec["out"]).write_text(" ".join(map(repr, seconds)))
+    distributed.barrier()
+
+
+def exchange_seconds(nproc: int, device: str, sizes: list[int]) -> list[float] | None:
+    """The wall time of one all-reduce of a float32 gradient of each of ``sizes`` elements among ``nproc``
+    processes on ``device`` (gloo on the CPU, NCCL on CUDA): what DistributedDataParallel exchanges once per
+    training step (:func:`robustlib.estimate.estimate`). On CUDA it starts one process per GPU there is, and
+    with a single GPU it measures nothing (``None``)."""
+    n = min(nproc, torch.cuda.device_count()) if device == "cuda" else nproc
+    if n < 2 or not sizes:
+        return None
+    with tempfile.TemporaryDirectory(prefix="robustlib-exchange-") as tmp:
+        spec, out = Path(tmp) / f"spec{EVAL_SPEC}", Path(tmp) / "seconds.txt"
+        save_torch({"call": "robustlib.launch:_time_exchange", "device": device, "sizes": [int(k) for k in sizes],
+                    "out": str(out), "owner": os.getpid()}, spec)
+        _torchrun(n, spec, "timing the gradient exchange")
+        return [float(v) for v in out.read_text().split()]
+
+
 def _evaluate_here(spec: dict) -> None:
     """One process of :func:`evaluate_elsewhere`: its part of every attack; process 0 writes the table."""
     from .evaluate import set_attack_precision

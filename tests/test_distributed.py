@@ -170,6 +170,15 @@ def test_the_estimate_times_a_torchrun_start_that_does_no_work():
     assert 0 < seconds < 120
 
 
+def test_the_estimate_times_the_gradient_exchange_among_the_processes():
+    from robustlib import launch
+    seconds = launch.exchange_seconds(2, "cpu", [1_000, 200_000])    # 2 gloo processes all-reduce each size
+    assert len(seconds) == 2 and all(0 < s < 5 for s in seconds)
+    assert launch.exchange_seconds(1, "cpu", [1_000]) is None          # one process exchanges nothing
+    if not torch.cuda.is_available():
+        assert launch.exchange_seconds(8, "cuda", [1_000]) is None     # no second GPU here: not timed
+
+
 def test_one_process_changes_nothing():
     assert not distributed.active() and distributed.world() == 1 and distributed.is_main()
     assert distributed.init("cpu") == torch.device("cpu")     # no torchrun in the environment: no process group

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 
 import robustlib
@@ -121,9 +122,17 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
     assert work["methods table, seed 0"].shared and work["strong (AutoAttack, as if no image fell)"].shared
     assert work["methods table (masking probes)"].shared and not work["natural-all, seed 0"].shared
     one_second = lambda cfg, units, **kw: {u: 1.0 for u in units}        # every unit costs 1 s: count what is split
+    exchange = lambda n, device, sizes: [1e-3 * n] * len(sizes)          # one all-reduce: 2 ms with 2 processes
     with mock.patch.object(estimate, "measure", one_second), \
-            mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 10.0 * n):
+            mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 10.0 * n), \
+            mock.patch.object(estimate.launch, "exchange_seconds", exchange):
         one, two = (estimate.estimate(cfg, only=["03"], nproc=n).set_index("what")["seconds"] for n in (1, 2))
+    # each training run's steps (its images / the global batch) exchange the gradient once: none with one process
+    for what, w in work.items():
+        if w.unit[0] == "train":
+            assert f"{what}: gradient exchange" not in one
+            assert two[f"{what}: gradient exchange"] == pytest.approx(w.count / w.unit[3] * 2e-3), what
+    two = two[~two.index.str.endswith("gradient exchange")]
     for what, w in work.items():
         if w.unit[0] == estimate.LAUNCH:        # a torchrun start: none with one process, its measured time with two
             assert what not in one and two[what] == 20.0 * w.count, what
