@@ -288,7 +288,7 @@ def _notebook_05(c: _Counter) -> None:
 def _notebook_06(c: _Counter) -> None:
     """The frontier: every run of :func:`robustlib.frontier.sweep` per seed (notebook 03's are loaded), each on
     the methods table's radii and on the held-out split (PGD-20 at main_eps and at frontier_goal_eps, the paper
-    protocol)."""
+    protocol); the first seed's runs under the gradient-masking probes."""
     cfg, p, n = c.cfg, c.cfg.profile, _eval_images(c)
     rows = frontier.sweep(cfg)
     for seed in p.seeds:
@@ -299,6 +299,7 @@ def _notebook_06(c: _Counter) -> None:
         c.attack("06", f"frontier, held-out columns, seed {seed}", _model_key(p), p.val_size,
                  len(rows) * radii * PAPER_STEPS, len(rows) * (1 + 2 * radii), shared=True)
         c.add("06", f"frontier, held-out columns, seed {seed}: torchrun start", (LAUNCH,), 1)
+    _probes(c, "06", "frontier rows", _model_key(p), min(p.autoattack_limit, n), len(rows))   # as train_grid's
 
 
 NOTEBOOKS = {"00": _notebook_00, "01": _notebook_01, "02": _notebook_02, "03": _notebook_03, "04": _notebook_04,

@@ -151,6 +151,7 @@ def test_the_frontier_and_ablation_grids_start_torchrun_once_per_table_not_per_r
     work = by_what(estimate.plan(config("fashion", tmp_path), only=["04", "06"])[0])
     assert work["frontier table, seed 1: torchrun start"].count == 1
     assert work["frontier, held-out columns, seed 1: torchrun start"].count == 1
+    assert work["frontier rows (masking probes): torchrun start"].count == 1       # the first seed's runs, one call
     assert work["ablation tables, seed 0: torchrun start"].count == 4      # Table V, p, schedule, replay (no backbones)
     assert work["ablation rows (masking probes): torchrun start"].count == 4   # each grid's probes, on the first seed
     assert "ablation rows, seed 0: torchrun start" not in work
