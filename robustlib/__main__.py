@@ -75,9 +75,10 @@ def _estimate(args) -> int:
     print(estimate.summary(table))
     if nproc > 1:
         print(f"training: {nproc} processes, each timed at batch {cfg.profile.batch_size // nproc}, then one "
-              f"all-reduce of the gradient per step (timed once per model, not overlapped with the backward pass: "
-              f"an upper bound for that part); one torchrun start (timed once) per training run, evaluation table and "
-              f"probe call; the evaluation tables' and probes' attacks split among the processes, the rest in one process")
+              f"all-reduce of the whole gradient per update (timed once per model where the device allows, see the "
+              f"exchange rows; DDP's overlap with the backward pass and its buckets not modelled: an estimate); one "
+              f"torchrun start (timed once) per training run, evaluation table and probe call; the evaluation tables' "
+              f"and probes' attacks split among the processes, the rest in one process")
     if args.csv:
         from .io import write_csv
         write_csv(args.csv, table)

@@ -317,7 +317,8 @@ def setup(
     ``smoke`` defaults to the environment switch ``ROBUSTLIB_SMOKE=1``. ``create=False`` only resolves the
     paths (a cost estimate reads the run directory, never writes it). ``nproc`` (default ``$ROBUSTLIB_NPROC``
     or 1): the processes each run that must be trained is trained by, under torchrun (:mod:`robustlib.launch`),
-    and each evaluation table's attacks are split among (:func:`robustlib.evaluate.set_evaluation_processes`);
+    and each evaluation table's (and masking probes') attacks are split among
+    (:func:`robustlib.evaluate.set_evaluation_processes`);
     the profile's batch stays the global batch. It sets the precision of the evaluation attacks' PGD iterates
     for this process from the profile's ``attack_precision`` (:func:`robustlib.evaluate.set_attack_precision`).
 

@@ -8,8 +8,8 @@ CPU. Under it :func:`robustlib.train.fit` trains with DistributedDataParallel: e
 shard of every epoch's batches (:func:`shard`), gradients are averaged across processes, the logged metrics
 are reduced over all of them (:func:`reduce_sums`), and process 0 alone evaluates and writes checkpoints and
 metrics (:func:`is_main`). The loader's batch is per process: the global batch is ``world()`` times it.
-An evaluation asked to shard (``robust_accuracy(..., shard=True)``, ``evaluate_table(..., shard=True)``, called
-by every process) attacks each process's part of the images (:func:`my_part`) and gathers the outcomes.
+An evaluation asked to shard (``robust_accuracy(..., shard=True)``, ``evaluate_table(..., shard=True)``,
+``masking.probe(..., shard=True)``, called by every process) attacks each process's part of the images (:func:`my_part`) and gathers the outcomes.
 
 With one process, or without ``torchrun``, every function here is a no-op and nothing changes.
 """

@@ -57,9 +57,11 @@ class Work:
         ``("grad", model)`` (count: input-gradient passes x images), ``("eval-pgd", model)`` (the same, in an
         evaluation protocol's PGD or a run's per-epoch held-out check, at the profile's ``attack_precision``), ``("forward", model)`` (images),
         ``("corrupt",)`` (corrupted images), ``(TOY,)`` (count 1), ``(LAUNCH,)`` (torchrun starts: none with one
-        process).
-    shared : an evaluation table's work (:func:`~robustlib.evaluate.evaluate_table`), which ``nproc`` > 1
-        processes split among themselves (:func:`robustlib.launch.evaluate_elsewhere`).
+        process), ``(EXCHANGE, model)`` (count: a training run's updates, each one all-reduce of the gradient:
+        none with one process).
+    shared : an evaluation table's or masking probes' work (:func:`~robustlib.evaluate.evaluate_table`,
+        :func:`~robustlib.masking.add_probes`), which ``nproc`` > 1 processes split among themselves
+        (:func:`robustlib.launch.evaluate_elsewhere`).
     """
 
     notebook: str
@@ -109,6 +111,7 @@ class _Counter:
         n = self.n_train - p.val_size
         self.add(nb, f"train {name}", ("train", _model_key(p), "clean", p.batch_size), p.epochs * n)
         self.add(nb, f"train {name}: torchrun start", (LAUNCH,), 1)
+        self.add(nb, f"train {name}: gradient exchange", (EXCHANGE, _model_key(p)), p.epochs * n / p.batch_size)
         self.add(nb, f"{name}: held-out accuracy per epoch", ("forward", _model_key(p)), p.epochs * p.val_size)
 
     def method(self, nb: str, cfg: RunConfig, method: str, seed: int, adversary: str | None = None,
@@ -142,6 +145,9 @@ class _Counter:
         self.add(nb, f"train {name}", ("train", model, kind, batch), adversarial * n)
         self.add(nb, f"train {name}: torchrun start", (LAUNCH,), 1)
         self.add(nb, f"train {name} (clean tail)", ("train", model, "clean", batch), (epochs - adversarial) * n)
+        # one all-reduce per update: batch_size images each (the alternating replay's double batch makes two
+        # updates, its clean tail two on the halves; train.batch_updates)
+        self.add(nb, f"train {name}: gradient exchange", (EXCHANGE, model), epochs * n / p.batch_size)
         # the per-epoch held-out check: PGD-at_steps and three predictions (methods.heldout_metrics)
         if check:
             self.attack(nb, f"{name}: held-out check per epoch", model, epochs * p.val_size, p.at_steps, 3,
@@ -479,13 +485,15 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
 
     ``nproc`` > 1: training runs under torchrun (:mod:`robustlib.launch`): each process's step is timed at its
     share of the batch (``batch_size / nproc``, where a GPU may be far from full) and the processes are counted
-    as working in parallel; each step then exchanges the gradients (a row ``<run>: gradient exchange`` per
-    training run: its steps times one all-reduce of the model's gradient, timed among ``nproc`` processes on the
-    device, :func:`robustlib.launch.exchange_seconds`; DistributedDataParallel overlaps part of it with the
-    backward pass, so this part is an upper bound; on a single GPU it cannot be timed and counts nothing). An
-    evaluation table's attacks (:attr:`Work.shared`) are split among the processes too, with no time for
-    gathering the outcomes; the rest of the attacks and evaluation stay in the notebook's one process. Every
-    training run and evaluation table is one torchrun start, timed once here
+    as working in parallel; each update then exchanges the gradients (a row ``<run>: gradient exchange`` per
+    training run: its updates times one all-reduce of the model's whole float32 gradient, timed on the device,
+    :func:`robustlib.launch.exchange_seconds`, with as many processes as it has GPUs for, said in the row where
+    fewer than ``nproc``; on a single GPU not timed and counted as nothing). An estimate, not a bound:
+    DistributedDataParallel overlaps part of the exchange with the backward pass (less time), and sends it
+    in buckets and broadcasts the BatchNorm buffers (more, not counted). An evaluation table's and the masking
+    probes' attacks (:attr:`Work.shared`) are split among the processes too, with no time for gathering the
+    outcomes; the rest of the attacks and evaluation stay in the notebook's one process. Every training run,
+    evaluation table and probe call is one torchrun start, timed once here
     (:func:`robustlib.launch.startup_seconds`); with one process, none."""
     items, _ = plan(cfg, only, done)
     cfg = _per_image(cfg)
@@ -497,42 +505,41 @@ def estimate(cfg: RunConfig, *, only: list[str] | None = None, batches: int = 3,
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     try:
         with torch.random.fork_rng(devices=[cfg.device] if cfg.device.type == "cuda" else []):
-            cost = measure(cfg, [timed(w.unit) for w in items if w.unit[0] != LAUNCH], batches=batches,
-                           progress=progress)
+            cost = measure(cfg, [timed(w.unit) for w in items if w.unit[0] not in (LAUNCH, EXCHANGE)],
+                           batches=batches, progress=progress)
     finally:
         torch.set_num_threads(threads)
     if progress and nproc > 1:
         print(f"  timing one torchrun start", flush=True)
     cost[(LAUNCH,)] = launch.startup_seconds(nproc, cfg.device.type) if nproc > 1 and any(
         w.unit[0] == LAUNCH for w in items) else 0.0
-    rows = [{"notebook": w.notebook, "what": w.what, "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
+    note = _exchange_costs(cfg, items, nproc, cost, progress) if nproc > 1 else ""
+    rows = [{"notebook": w.notebook, "what": w.what + (note if w.unit[0] == EXCHANGE else ""),
+             "unit": " ".join(map(str, timed(w.unit))), "count": w.count,
              "seconds": w.count * cost[timed(w.unit)] / (nproc if w.unit[0] == "train" or w.shared else 1)}
-            for w in items if w.unit[0] != LAUNCH or nproc > 1]       # one process starts nothing
-    if nproc > 1:
-        rows += _exchanges(cfg, items, nproc, progress)
+            for w in items if w.unit[0] not in (LAUNCH, EXCHANGE) or nproc > 1]   # one process starts, exchanges nothing
     notebooks = sorted({w.notebook for w in items})
     rows += [{"notebook": nb, "what": "kernel, imports, tables, figures", "unit": "overhead", "count": 1,
               "seconds": OVERHEAD} for nb in notebooks]
     return pd.DataFrame(rows, columns=["notebook", "what", "unit", "count", "seconds"])
 
 
-def _exchanges(cfg: RunConfig, items: list[Work], nproc: int, progress: bool) -> list[dict]:
-    """Under ``nproc`` processes, a row per training item: its steps (images / global batch), each one all-reduce
-    of the model's gradient (float32, every trainable parameter), timed once per model."""
-    train = [w for w in items if w.unit[0] == "train"]
-    models = sorted({w.unit[1] for w in train}, key=str)
+def _exchange_costs(cfg: RunConfig, items: list[Work], nproc: int, cost: dict, progress: bool) -> str:
+    """Under ``nproc`` processes, the seconds of one all-reduce of each trained model's gradient (float32, every
+    trainable parameter) into ``cost`` (timed once per model); returns what the exchange rows add to their
+    name: why they count nothing, or how many processes timed them where fewer than ``nproc``."""
+    models = sorted({w.unit[1] for w in items if w.unit[0] == EXCHANGE}, key=str)
     if not models:
-        return []
+        return ""
     if progress:
         print("  timing the gradient exchange", flush=True)
     sizes = [sum(t.numel() for t in build_model(**model_spec(_profile_for(cfg.profile, m))).parameters()
                  if t.requires_grad) for m in models]
     seconds = launch.exchange_seconds(nproc, cfg.device.type, sizes)
-    cost = dict(zip(models, seconds or [0.0] * len(models)))
-    note = "" if seconds else " (not timed: one GPU here)"
-    return [{"notebook": w.notebook, "what": f"{w.what}: gradient exchange{note}",
-             "unit": f"{EXCHANGE} {w.unit[1]}", "count": w.count / w.unit[3],
-             "seconds": w.count / w.unit[3] * cost[w.unit[1]]} for w in train]
+    cost.update({(EXCHANGE, m): s for m, s in zip(models, seconds or [0.0] * len(models))})
+    timed_with = launch.exchange_processes(nproc, cfg.device.type)
+    return (" (not timed: one GPU here)" if seconds is None
+            else f" (timed with {timed_with} processes)" if timed_with < nproc else "")
 
 
 def _duration(seconds: float) -> str:

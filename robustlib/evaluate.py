@@ -218,21 +218,22 @@ def attack_precision() -> str:
 
 
 # How many processes an evaluation table is sharded among: 1 (here, in this process), or N > 1, in which case
-# evaluate_table hands itself to N processes under torchrun (robustlib.launch.evaluate_elsewhere), each
-# attacking its part of the images, and returns the table they computed. robustlib.setup sets it from the
+# evaluate_table (and masking.add_probes) hands itself to N processes under torchrun
+# (robustlib.launch.evaluate_elsewhere), each attacking its part of the images, and returns the table they computed. robustlib.setup sets it from the
 # run's nproc (`run --nproc N`), so that a notebook's attacks are spread over the GPUs its training uses.
 _PROCESSES = {"n": 1}
 
 
 def set_evaluation_processes(n: int) -> None:
-    """Shard every later :func:`evaluate_table` of this process among ``n`` processes under torchrun (1: none)."""
+    """Shard every later :func:`evaluate_table` (and :func:`robustlib.masking.add_probes`) of this process among
+    ``n`` processes under torchrun (1: none)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"evaluation processes {n!r}: use a whole number >= 1")
     _PROCESSES["n"] = n
 
 
 def evaluation_processes() -> int:
-    """The process count :func:`evaluate_table` shards among (:func:`set_evaluation_processes`)."""
+    """The process count :func:`evaluate_table` and the masking probes shard among (:func:`set_evaluation_processes`)."""
     return _PROCESSES["n"]
 
 

@@ -18,7 +18,7 @@ command resumes the run with the same number of processes.
 
 The evaluation tables go the same way: :func:`robustlib.evaluate.evaluate_table` (every PGD and AutoAttack
 column of notebooks 00, 03, 04 and 06) and :func:`robustlib.masking.add_probes` (the gradient-masking probes
-beside it in notebooks 03 and 04) hand themselves to :func:`evaluate_elsewhere`, whose ``nproc`` processes
+beside it in notebooks 03, 04 and 06) hand themselves to :func:`evaluate_elsewhere`, whose ``nproc`` processes
 each attack their part of the images and gather the outcomes (``shard=True``); the table comes back to the
 notebook. The rest of the evaluation (clean passes elsewhere, notebook 01's DRA readings and calibrations,
 notebook 05's corruptions) stays in the notebook's process, on one device.
@@ -176,12 +176,18 @@ def _time_exchange(spec: dict) -> None:
     distributed.barrier()
 
 
+def exchange_processes(nproc: int, device: str) -> int:
+    """How many processes :func:`exchange_seconds` times with: ``nproc``, or on CUDA one per GPU there is."""
+    return min(nproc, torch.cuda.device_count()) if device == "cuda" else nproc
+
+
 def exchange_seconds(nproc: int, device: str, sizes: list[int]) -> list[float] | None:
     """The wall time of one all-reduce of a float32 gradient of each of ``sizes`` elements among ``nproc``
     processes on ``device`` (gloo on the CPU, NCCL on CUDA): what DistributedDataParallel exchanges once per
-    training step (:func:`robustlib.estimate.estimate`). On CUDA it starts one process per GPU there is, and
-    with a single GPU it measures nothing (``None``)."""
-    n = min(nproc, torch.cuda.device_count()) if device == "cuda" else nproc
+    training update, in one piece rather than its buckets (:func:`robustlib.estimate.estimate`). On CUDA it
+    starts one process per GPU there is (:func:`exchange_processes`), and with a single GPU it measures
+    nothing (``None``)."""
+    n = exchange_processes(nproc, device)
     if n < 2 or not sizes:
         return None
     with tempfile.TemporaryDirectory(prefix="robustlib-exchange-") as tmp:

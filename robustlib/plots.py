@@ -202,12 +202,17 @@ def frontier(per_seed: pd.DataFrame, *, robust, title: str, run_dir=None, name: 
                 pad = max(1.0, 0.05 * (shown[col].max() - shown[col].min()))
                 ax.set_xlim(shown[col].min() - pad, shown[col].max() + pad)
             knob_of = per_seed.drop_duplicates("family").set_index("family").get("knob", pd.Series(dtype=str))
-            note = "below the axis: " + "; ".join(
-                f"{f}" + (f" {knob_of.get(f, '')} = {v:g}" if v == v else "") + f" ({m:.1f}% clean)"
-                for (f, v), m in below["natural"].items())
-            # wrapped to the figure's width (about 17 characters of 7-point text per inch), and the layout keeps
-            # that many lines free below the axes' labels, so that the note never runs over them
-            lines = textwrap.wrap(note, width=int(17 * fig.get_figwidth()))
+            entries = [f"{f}" + (f" {knob_of.get(f, '')} = {v:g}" if v == v else "") + f" ({m:.1f}% clean)"
+                       for (f, v), m in below["natural"].items()]
+            # wrapped between entries to the figure's width (about 17 characters of 7-point text per inch), and
+            # the layout keeps that many lines free below the axes' labels, so that the note never runs over them
+            lines, width = ["below the axis:"], int(17 * fig.get_figwidth())
+            for entry in entries:
+                if len(lines[-1]) + 2 + len(entry) > width:
+                    lines[-1] += ";"
+                    lines.append(entry)
+                else:
+                    lines[-1] += ("; " if lines[-1] != "below the axis:" else " ") + entry
             fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.35", ha="left", va="bottom")
             bottom = (0.02 * fig.get_figheight() + len(lines) * 7 * 1.25 / 72) / fig.get_figheight()
     ax = axes[0][-1]

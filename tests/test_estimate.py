@@ -127,15 +127,12 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
             mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 10.0 * n), \
             mock.patch.object(estimate.launch, "exchange_seconds", exchange):
         one, two = (estimate.estimate(cfg, only=["03"], nproc=n).set_index("what")["seconds"] for n in (1, 2))
-    # each training run's steps (its images / the global batch) exchange the gradient once: none with one process
-    for what, w in work.items():
-        if w.unit[0] == "train":
-            assert f"{what}: gradient exchange" not in one
-            assert two[f"{what}: gradient exchange"] == pytest.approx(w.count / w.unit[3] * 2e-3), what
-    two = two[~two.index.str.endswith("gradient exchange")]
     for what, w in work.items():
         if w.unit[0] == estimate.LAUNCH:        # a torchrun start: none with one process, its measured time with two
             assert what not in one and two[what] == 20.0 * w.count, what
+            continue
+        if w.unit[0] == estimate.EXCHANGE:      # each update's all-reduce: none with one process, 2 ms each with two
+            assert what not in one and two[what] == pytest.approx(2e-3 * w.count), what
             continue
         split = w.shared or w.unit[0] == "train"
         assert two[what] == (one[what] / 2 if split else one[what]), what
@@ -144,7 +141,24 @@ def test_under_nproc_the_evaluation_tables_are_split_among_the_processes_and_the
     assert starts["methods table, seed 2: torchrun start"] == 1 and starts["last vs best: torchrun start"] == 4 + 2
     assert starts["methods table (masking probes): torchrun start"] == 1          # the probes beside seed 0's table
     assert sum(w.startswith("train ") for w in starts) == len([w for w in work if w.startswith("train ") and
-                                                               not w.endswith(("(clean tail)", "torchrun start"))])
+                                                               not w.endswith(("(clean tail)", "torchrun start", "gradient exchange"))])
+
+
+def test_an_exchange_the_device_cannot_time_says_so_in_its_rows(tmp_path):
+    cfg = config("quick", tmp_path)
+    one_second = lambda cfg, units, **kw: {u: 1.0 for u in units}
+    for seconds, processes, said in ((None, 1, "(not timed: one GPU here)"), ([0.5], 2, "(timed with 2 processes)"),
+                                     ([0.5], 4, None)):
+        with mock.patch.object(estimate, "measure", one_second), \
+                mock.patch.object(estimate.launch, "startup_seconds", lambda n, device: 1.0), \
+                mock.patch.object(estimate.launch, "exchange_seconds", lambda n, device, sizes: seconds), \
+                mock.patch.object(estimate.launch, "exchange_processes", lambda n, device: processes):
+            table = estimate.estimate(cfg, only=["02"], nproc=4)
+        rows = table[table["unit"].str.startswith(estimate.EXCHANGE)]
+        assert len(rows) == 1 and rows["what"].iloc[0].startswith("train vanilla: gradient exchange")
+        assert rows["what"].iloc[0].endswith(said) if said else rows["what"].iloc[0].endswith("exchange")
+        assert rows["seconds"].iloc[0] == (0.0 if seconds is None else pytest.approx(0.5 * rows["count"].iloc[0]))
+        assert "exchange" in estimate.summary(table).splitlines()[0]
 
 
 def test_the_frontier_and_ablation_grids_start_torchrun_once_per_table_not_per_run(tmp_path):
@@ -154,6 +168,12 @@ def test_the_frontier_and_ablation_grids_start_torchrun_once_per_table_not_per_r
     assert work["frontier rows (masking probes): torchrun start"].count == 1       # the first seed's runs, one call
     assert work["ablation tables, seed 0: torchrun start"].count == 4      # Table V, p, schedule, replay (no backbones)
     assert work["ablation rows (masking probes): torchrun start"].count == 4   # each grid's probes, on the first seed
+    # a run's updates exchange the gradient once each: its images over the profile's batch, the alternating
+    # replay's double batch (two updates each, its clean tail two on the halves) making as many as the others
+    ours, alt = work["train ours-s0"], work["train ours-alt-s0"]
+    assert alt.unit[3] == 2 * ours.unit[3]
+    assert work["train ours-alt-s0: gradient exchange"].count == work["train ours-s0: gradient exchange"].count == \
+        (ours.count + work["train ours-s0 (clean tail)"].count) / ours.unit[3]
     assert "ablation rows, seed 0: torchrun start" not in work
 
 

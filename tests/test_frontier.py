@@ -167,6 +167,8 @@ def test_a_long_note_of_points_not_drawn_stays_clear_of_the_axis_labels(tmp_path
     for ax in fig.axes[:2]:
         assert ax.xaxis.label.get_window_extent(renderer).y0 > top_of_note
         assert ax.get_tightbbox(renderer).y0 > top_of_note
+    assert note.get_window_extent(renderer).x1 <= fig.bbox.x1                      # and within the figure's width
+    assert all("(" in line and line.rstrip(";").endswith("clean)") for line in note.get_text().splitlines())
 
 
 def test_the_choice_at_another_radius_is_its_own_selection_and_its_changes_are_named():

@@ -93,6 +93,29 @@ def test_a_masked_model_raises_the_flags_and_its_unmasked_twin_none(digits_model
     assert flagged.startswith("quantised:") and "plain" not in flagged
 
 
+def test_under_torchrun_a_probe_attacks_only_its_part_and_gathers_the_rest(digits_models, monkeypatch):
+    """shard=True as process 1 of 2: it attacks the second half of the AutoAttack images (exactly as one process
+    would attack those images alone) and counts the other process's outcomes, gathered, with its own."""
+    from robustlib import distributed
+    models, x, y = digits_models
+    idx = evaluate.attack_subset(len(y), 40, 0)
+    alone = masking.probe(models["plain"], x[idx][20:], y[idx][20:], eps="0.1", steps=3, restarts=2)
+    got = []
+
+    def gather(part):                 # the other process's 20 outcomes: all robust; then this process's
+        got.append(len(part))
+        return torch.cat([torch.ones(20, dtype=torch.bool), part])
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "gather", gather)
+    sharded = masking.probe(models["plain"], x, y, eps="0.1", n=40, steps=3, restarts=2, shard=True)
+    assert got == [20, 20, 20]                                  # three outcomes per image, of this part only
+    assert sharded.keys() == alone.keys()
+    for column, value in alone.items():
+        assert sharded[column] == pytest.approx((20 + 20 * value) / 40), column
+
+
 def test_the_report_shows_the_checks_beside_the_tables(tmp_path):
     healthy = pd.DataFrame([{**HEALTHY, "seed": 0}, {**HEALTHY, "method": "bad", "pgd-100@0.5 (aa)": 0.9, "seed": 0}])
     md = "\n".join(report._masking({"03_methods_per_seed.csv": healthy, "03_methods.csv": healthy,
